@@ -1,0 +1,1 @@
+"""Reference OCR application: CRNN recogniser, page OCR, inference API and web UI."""

@@ -1,0 +1,3 @@
+from llmops_provision.cli import main
+
+raise SystemExit(main())
