@@ -32,9 +32,12 @@ stamp=.venv/.setup-stamp
 want=$(cat pyproject.toml apps/ocr/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
+  # This machine's pip.conf names local index dirs that may be absent; their warnings are noise.
+  exec 3>&2 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&3)
   .venv/bin/pip install -q "${find_links[@]}" --upgrade pip
   .venv/bin/pip install -q "${find_links[@]}" 'torch==2.13.0'
   .venv/bin/pip install -q "${find_links[@]}" -e '.[dev]' -e 'apps/ocr[dev]'
   echo "$want" > "$stamp"
+  exec 2>&3 3>&-
 fi
 echo "setup: ready (.venv)"
