@@ -23,6 +23,29 @@ def _add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`bundle APP_DIR` -- owned by bundle.py (issue: OCR services)."""
+    from llmops_provision import bundle
+
+    p = sub.add_parser(
+        "bundle",
+        help="build dist/<name>-<version>.tar.gz: app + dependency wheels, models, SHA256SUMS",
+        description="Build an offline-installable bundle of an app dir holding descriptor.json. "
+        "A version already built in --out is verified and reused.",
+    )
+    p.add_argument("app_dir", metavar="APP_DIR", help="app directory, e.g. apps/ocr")
+    p.add_argument("--out", default="dist", help="output directory (default: dist)")
+    p.add_argument("--force", action="store_true", help="rebuild even if this version exists")
+    p.add_argument(
+        "--find-links",
+        action="append",
+        metavar="DIR",
+        help="extra local wheel dir (repeatable; /opt/wheels is always used if present)",
+    )
+    p.add_argument(
+        "--wheel-cache",
+        metavar="DIR",
+        help="cache of downloaded wheels (default: $LLMOPS_WHEEL_CACHE or ~/.cache/llmops/wheels)",
+    )
+    p.set_defaults(func=bundle.cmd_bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:
