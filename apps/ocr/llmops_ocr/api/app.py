@@ -1,0 +1,466 @@
+"""The OCR inference API (FastAPI): ``create_app()`` is the ASGI factory gunicorn calls.
+
+Models are loaded in the lifespan, i.e. in each worker after gunicorn forked it; the worker
+accepts requests only once every model version is loaded and a warm-up inference passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
+
+from llmops_ocr.api import metrics
+from llmops_ocr.api.auth import (
+    Authenticator,
+    AuthError,
+    AuthUnavailableError,
+    Principal,
+)
+from llmops_ocr.api.batching import BatcherStoppedError, QueueFullError
+from llmops_ocr.api.history import HistoryWriter
+from llmops_ocr.api.registry import LoadedModel, load_models
+from llmops_ocr.api.settings import ApiSettings
+from llmops_ocr.config import read_credential
+
+log = logging.getLogger("llmops_ocr.api")
+
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
+# Lines wider than this after scaling to 32 px high are refused (line mode) or cut (page mode):
+# the recurrent layer's cost grows with width and one such line would pad a whole batch.
+MAX_LINE_WIDTH = 8192
+RETRY_AFTER_S = "1"
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class OcrLine(BaseModel):
+    text: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    box: list[int] = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] in pixels")
+
+
+class OcrResponse(BaseModel):
+    model: ModelRef
+    text: str = Field(description="The recognised lines joined by newlines")
+    lines: list[OcrLine]
+    elapsed_ms: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    default: bool
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelsResponse(BaseModel):
+    default: ModelRef
+    models: list[ModelInfo]
+
+
+class ErrorResponse(BaseModel):
+    detail: Any
+
+
+class NotFoundResponse(BaseModel):
+    detail: str
+    known_versions: list[str]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad parameters or missing `file` field"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid bearer token"},
+    404: {"model": NotFoundResponse, "description": "Unknown model version"},
+    413: {"model": ErrorResponse, "description": "Upload larger than max_upload_bytes"},
+    415: {"model": ErrorResponse, "description": "Not multipart/form-data, or not an image"},
+    422: {"model": ErrorResponse, "description": "Unreadable or decompression-bomb image"},
+    503: {"model": ErrorResponse, "description": "Queue full or not ready; see Retry-After"},
+}
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image (PNG, JPEG, TIFF, BMP, GIF, WebP)",
+                        }
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+@dataclass
+class ApiState:
+    settings: ApiSettings
+    authenticator: Authenticator
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    history: HistoryWriter | None = None
+    ready: bool = False
+
+
+def _json_error(status: int, detail: Any, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> a fully loaded PIL image, or HTTPException 415/422."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise HTTPException(
+                    422,
+                    f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels "
+                    "(decompression bomb?); scale it down",
+                )
+            if w < 1 or h < 1:
+                raise HTTPException(422, f"image of {w}x{h} pixels has no content")
+            img.load()
+            return img.convert("L")
+    except HTTPException:
+        raise
+    except UnidentifiedImageError:
+        raise HTTPException(
+            415, "the upload is not an image PIL can read; send PNG, JPEG, TIFF, BMP or WebP"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HTTPException(
+            422, f"image exceeds the limit of {max_pixels} pixels (decompression bomb?)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError) as exc:
+        raise HTTPException(422, f"the image is corrupt or truncated: {exc}") from None
+
+
+def _prepare(lm: LoadedModel, img: Image.Image, mode: str) -> tuple[list[Any], list[list[int]]]:
+    """Image -> (line tensors, boxes). Runs on a worker thread (CPU work)."""
+    if mode == "line":
+        boxes = [[0, 0, img.width, img.height]]
+        tensors = [lm.recognizer.preprocess(img)]
+        if tensors[0].shape[-1] > MAX_LINE_WIDTH:
+            raise HTTPException(
+                422,
+                f"the line is too long ({img.width}x{img.height} px scales to more than "
+                f"{MAX_LINE_WIDTH} px at 32 px high); send a page with mode=page",
+            )
+        return tensors, boxes
+    from llmops_ocr.page import segment_lines
+
+    boxes = [[int(v) for v in b] for b in segment_lines(img)]
+    tensors = []
+    for x0, y0, x1, y1 in boxes:
+        t = lm.recognizer.preprocess(img.crop((x0, y0, x1, y1)))
+        tensors.append(t[..., :MAX_LINE_WIDTH])
+    return tensors, boxes
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The API application; settings default to the config at ``$LLMOPS_CONFIG``."""
+    settings = settings or ApiSettings.load()
+    token = read_credential("api-token")
+    assert token is not None
+    engine = None
+    if settings.database is not None:
+        from llmops_ocr.db import make_engine, url_from_config
+
+        engine = make_engine(
+            url_from_config(settings.database),
+            pool_size=2,
+            max_overflow=2,
+            pool_timeout=2,
+            **(
+                {"connect_args": {"connect_timeout": 3}}
+                if settings.database.get("engine") == "postgresql"
+                else {}
+            ),
+        )
+    state = ApiState(settings=settings, authenticator=Authenticator(token, engine))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import torch
+
+        torch.set_num_threads(settings.threads_per_worker)
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+            torch.set_num_interop_threads(1)
+        state.models = await asyncio.to_thread(load_models, settings, metrics.observe_batch)
+        if engine is not None:
+            state.history = HistoryWriter(engine)
+        state.ready = True
+        metrics.READY_WORKERS.inc()
+        log.info(
+            "ready: %s versions %s (default %s)",
+            settings.model_name,
+            ", ".join(state.models),
+            settings.default_version,
+        )
+        try:
+            yield
+        finally:
+            state.ready = False
+            metrics.READY_WORKERS.dec()
+            for lm in state.models.values():
+                await asyncio.to_thread(lm.batcher.close)
+            if state.history is not None:
+                await asyncio.to_thread(state.history.close)
+
+    app = FastAPI(
+        title="llmops OCR inference API",
+        version=_package_version(),
+        description="Recognise text in line or page images with the CRNN OCR model.",
+        lifespan=lifespan,
+    )
+    app.state.api = state
+    app.add_middleware(metrics.MetricsMiddleware, router_app=app)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_params(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return _json_error(400, errors)
+
+    bearer = HTTPBearer(auto_error=False, description="The service token or a client API key")
+
+    async def principal(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        request: HttpRequest,
+    ) -> Principal:
+        try:
+            return await state.authenticator.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        except AuthUnavailableError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+
+    @app.get("/healthz", tags=["health"], summary="Alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Ready: models loaded and warm-up inference passed",
+        responses={503: {"model": ErrorResponse}},
+    )
+    async def readyz() -> Response:
+        alive = state.ready and all(lm.batcher.alive for lm in state.models.values())
+        if not alive:
+            return _json_error(503, "not ready", headers={"Retry-After": RETRY_AFTER_S})
+        return JSONResponse({"status": "ready", "versions": sorted(state.models)})
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics of all workers")
+    async def metrics_endpoint() -> Response:
+        body, ctype = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=ctype)
+
+    @app.get(
+        "/v1/models",
+        response_model=ModelsResponse,
+        tags=["ocr"],
+        summary="Loaded model versions",
+        responses={401: ERRORS[401]},
+    )
+    async def list_models(_: Annotated[Principal, Depends(principal)]) -> ModelsResponse:
+        return ModelsResponse(
+            default=ModelRef(name=settings.model_name, version=settings.default_version),
+            models=[
+                ModelInfo(
+                    name=lm.recognizer.name,
+                    version=v,
+                    sha256=lm.recognizer.sha256,
+                    default=v == settings.default_version,
+                    evaluation=lm.evaluation,
+                    metadata=lm.public_metadata,
+                )
+                for v, lm in sorted(state.models.items())
+            ],
+        )
+
+    @app.post(
+        "/v1/ocr",
+        response_model=OcrResponse,
+        tags=["ocr"],
+        summary="Recognise the text in an image",
+        responses=ERRORS,
+        openapi_extra=UPLOAD_BODY,
+    )
+    async def ocr(
+        request: HttpRequest,
+        who: Annotated[Principal, Depends(principal)],
+        model_version: Annotated[
+            str | None,
+            Query(
+                pattern=VERSION_PATTERN,
+                description="Model version (see /v1/models); the default version if omitted",
+            ),
+        ] = None,
+        mode: Annotated[
+            Literal["line", "page"],
+            Query(description="`line`: the image is one text line; `page`: split it into lines"),
+        ] = "page",
+    ) -> Response:
+        started = time.perf_counter()
+        version = model_version or settings.default_version
+        status, n_lines, error = 500, 0, None
+        try:
+            result = await _ocr(request, version, mode, started)
+            status, n_lines = 200, len(result.lines)
+            return JSONResponse(result.model_dump())
+        except HTTPException as exc:
+            status, error = exc.status_code, str(exc.detail)[:500]
+            raise
+        finally:
+            if state.history is not None:
+                state.history.record(
+                    client=who.client,
+                    user_id=who.user_id,
+                    api_key_id=who.api_key_id,
+                    model_name=settings.model_name,
+                    model_version=version,
+                    mode=mode,
+                    status_code=status,
+                    lines=n_lines,
+                    elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+                    error=error,
+                )
+
+    async def _ocr(request: HttpRequest, version: str, mode: str, started: float) -> OcrResponse:
+        lm = state.models.get(version)
+        if lm is None:
+            known = sorted(state.models)
+            raise HTTPException(
+                404,
+                {
+                    "message": f"unknown model_version {version!r}; known versions: "
+                    + ", ".join(known),
+                    "known_versions": known,
+                },
+            )
+        data = await _read_upload(request, settings.max_upload_bytes)
+        img = await asyncio.to_thread(_decode_image, data, settings.max_image_pixels)
+        tensors, boxes = await asyncio.to_thread(_prepare, lm, img, mode)
+        try:
+            results = await lm.batcher.submit(tensors)
+        except QueueFullError as exc:
+            metrics.QUEUE_FULL.inc()
+            raise HTTPException(
+                503, f"{exc}; retry later", headers={"Retry-After": RETRY_AFTER_S}
+            ) from None
+        except BatcherStoppedError as exc:
+            raise HTTPException(
+                503, f"{exc}; retry", headers={"Retry-After": RETRY_AFTER_S}
+            ) from None
+        lines = [
+            OcrLine(text=t, confidence=min(1.0, max(0.0, float(c))), box=b)
+            for (t, c), b in zip(results, boxes, strict=True)
+        ]
+        return OcrResponse(
+            model=ModelRef(name=lm.recognizer.name, version=version),
+            text="\n".join(line.text for line in lines),
+            lines=lines,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: HttpRequest, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict) and "known_versions" in exc.detail:
+            return _json_error(
+                exc.status_code,
+                exc.detail["message"],
+                known_versions=exc.detail["known_versions"],
+                headers=exc.headers,
+            )
+        return _json_error(exc.status_code, exc.detail, headers=exc.headers)
+
+    return app
+
+
+async def _read_upload(request: HttpRequest, limit: int) -> bytes:
+    """The bytes of the multipart ``file`` field; 413 as soon as the body passes ``limit``."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise HTTPException(415, "send the image as multipart/form-data with a field named 'file'")
+    too_large = HTTPException(
+        413, f"upload larger than the limit of {limit} bytes (max_upload_bytes)"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    received = 0
+    receive = request.receive
+
+    async def counting_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLargeError
+        return message
+
+    limited = HttpRequest(request.scope, counting_receive)
+    try:
+        form = await limited.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+    except BodyTooLargeError:
+        raise too_large from None
+    except StarletteHTTPException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc}") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "the multipart body has no file field named 'file'")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llmops-ocr")
+    except Exception:
+        return "0"

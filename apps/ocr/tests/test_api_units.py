@@ -1,0 +1,152 @@
+"""The API's building blocks on their own: dynamic batcher, history writer, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llmops_ocr import db
+from llmops_ocr.api.batching import DynamicBatcher, QueueFullError
+from llmops_ocr.api.history import HistoryWriter
+from llmops_ocr.api.settings import ApiSettings
+from llmops_ocr.config import ConfigError
+from sqlalchemy import URL, func, select
+
+
+def _echo(batches: list[int]):  # type: ignore[no-untyped-def]
+    def predict(items: list[object]) -> list[tuple[str, float]]:
+        batches.append(len(items))
+        return [(str(i), 0.5) for i in items]
+
+    return predict
+
+
+def test_concurrent_submits_are_batched_and_answered_in_order() -> None:
+    batches: list[int] = []
+    b = DynamicBatcher(_echo(batches), max_batch_size=8, max_wait_ms=200, max_queue=64)
+
+    async def main() -> list[list[tuple[str, float]]]:
+        return await asyncio.gather(*(b.submit([f"{r}-{i}" for i in range(2)]) for r in range(6)))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        b.close()
+    assert results == [[(f"{r}-0", 0.5), (f"{r}-1", 0.5)] for r in range(6)]
+    assert sum(batches) == 12
+    assert max(batches) == 8  # requests shared model calls, capped at max_batch_size
+    assert len(batches) == 2
+
+
+def test_full_queue_refuses_but_empty_queue_admits_a_big_request() -> None:
+    gate = threading.Event()
+    batches: list[int] = []
+
+    def slow(items: list[object]) -> list[tuple[str, float]]:
+        gate.wait(10)
+        return _echo(batches)(items)
+
+    b = DynamicBatcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=2)
+
+    async def main() -> None:
+        # Bigger than max_queue but the queue is empty: admitted.
+        big = asyncio.ensure_future(b.submit(["a", "b", "c"]))
+        deadline = time.monotonic() + 5
+        while b.qsize() != 2:  # the thread took "a" and blocks in the model
+            assert time.monotonic() < deadline, "the batcher never started"
+            await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError, match="queue full"):
+            await b.submit(["d"])
+        gate.set()
+        assert [t for t, _ in await big] == ["a", "b", "c"]
+        assert await b.submit(["e"]) == [("e", 0.5)]
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_model_error_reaches_every_request_of_the_batch_and_the_thread_survives() -> None:
+    calls = 0
+
+    def flaky(items: list[object]) -> list[tuple[str, float]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return [("ok", 1.0) for _ in items]
+
+    b = DynamicBatcher(flaky, max_batch_size=4, max_wait_ms=50, max_queue=8)
+
+    async def main() -> None:
+        r = await asyncio.gather(b.submit([1]), b.submit([2]), return_exceptions=True)
+        assert all(isinstance(x, RuntimeError) for x in r)
+        assert await b.submit([3]) == [("ok", 1.0)]
+
+    try:
+        asyncio.run(main())
+    finally:
+        b.close()
+    assert b.alive is False
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a hung database server)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        srv.close()
+
+
+def test_history_writer_never_blocks_on_a_hung_database(blackhole: int) -> None:
+    url = URL.create(
+        "postgresql+psycopg", username="u", password="p", host="127.0.0.1", port=blackhole
+    )
+    engine = db.make_engine(url, connect_args={"connect_timeout": 2})
+    w = HistoryWriter(engine, max_queue=10)
+    started = time.monotonic()
+    for i in range(50):  # more than the queue holds: the rest is dropped, not waited for
+        w.record(client="token", status_code=200, lines=i)
+    assert time.monotonic() - started < 0.5
+    started = time.monotonic()
+    w.close(timeout=1.0)
+    assert time.monotonic() - started < 3.0
+
+
+def test_history_writer_writes_to_sqlite(tmp_path: Path) -> None:
+    url = URL.create("sqlite+pysqlite", database=str(tmp_path / "h.sqlite3"))
+    db.migrate(url)
+    engine = db.make_engine(url)
+    w = HistoryWriter(engine)
+    for i in range(5):
+        w.record(client="token", status_code=200, lines=i, model_version="1.0.0", mode="line")
+    w.close(timeout=10)
+    check = db.make_engine(url)
+    with check.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(db.Request)) == 5
+    check.dispose()
+
+
+def test_settings_reject_bad_values_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"batching\.max_batch_size"):
+        ApiSettings.from_config({"batching": {"max_batch_size": 0}})
+    s = ApiSettings.from_config(
+        {"model": {"name": "m", "version": "2.0.0"}, "models_dir": "/x", "max_upload_bytes": 9}
+    )
+    assert (s.model_name, s.default_version, s.models_dir, s.max_upload_bytes) == (
+        "m",
+        "2.0.0",
+        Path("/x"),
+        9,
+    )
