@@ -1,0 +1,168 @@
+"""The CRNN text-line recogniser (conv stack -> BiLSTM -> linear, trained with CTC loss).
+
+Input: a batch of grey line images, 1 x 32 x W, ink bright (1.0) on a dark (0.0) background.
+Output: per-time-step class log-probabilities, one step per 4 pixel columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from .charset import CHARSET
+
+INPUT_HEIGHT = 32
+DEFAULT_ARCH: dict[str, Any] = {"channels": [32, 64, 96, 128], "hidden": 128, "lstm_layers": 2}
+WIDTH_STRIDE = 4
+MIN_WIDTH = 16
+
+
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+
+class CRNN(nn.Module):
+    """Conv feature extractor (height 32 -> 1, width / 4) + bidirectional LSTM + classifier."""
+
+    def __init__(
+        self,
+        num_classes: int = len(CHARSET) + 1,
+        channels: list[int] | None = None,
+        hidden: int = 128,
+        lstm_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = channels or DEFAULT_ARCH["channels"]
+        self.arch = {"channels": [c1, c2, c3, c4], "hidden": hidden, "lstm_layers": lstm_layers}
+        self.num_classes = num_classes
+        self.conv = nn.Sequential(
+            *_block(1, c1),
+            nn.MaxPool2d(2, 2),  # 16 x W/2
+            *_block(c1, c2),
+            nn.MaxPool2d(2, 2),  # 8 x W/4
+            *_block(c2, c3),
+            *_block(c3, c3),
+            nn.MaxPool2d((2, 1), (2, 1)),  # 4 x W/4
+            *_block(c3, c4),
+            *_block(c4, c4),
+            nn.MaxPool2d((2, 1), (2, 1)),  # 2 x W/4
+        )
+        self.proj = nn.Sequential(nn.Linear(2 * c4, 2 * hidden), nn.ReLU(True))
+        self.rnn = nn.LSTM(
+            2 * hidden, hidden, num_layers=lstm_layers, bidirectional=True, batch_first=True
+        )
+        self.dropout = nn.Dropout(0.1)
+        self.fc = nn.Linear(2 * hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, 1, 32, W) -> log-probs (N, W/4, num_classes)."""
+        f = self.conv(x)  # N, C, 2, T
+        n, c, h, t = f.shape
+        f = f.permute(0, 3, 1, 2).reshape(n, t, c * h)
+        f = self.proj(f)
+        f, _ = self.rnn(f)
+        return torch.log_softmax(self.fc(self.dropout(f)), dim=-1)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(metadata: dict[str, Any]) -> CRNN:
+    """A model with the architecture a metadata.json describes (untrained weights)."""
+    arch = {**DEFAULT_ARCH, **metadata.get("arch", {})}
+    return CRNN(len(metadata.get("charset", CHARSET)) + 1, **arch)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model_dir(
+    model: CRNN,
+    out_dir: str | Path,
+    name: str,
+    version: str,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write `out_dir/model.pt` (state_dict) and `out_dir/metadata.json`; return out_dir.
+
+    out_dir is the version directory itself, e.g. models/crnn-ocr/1.0.0.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "model.pt"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, weights)
+    meta: dict[str, Any] = dict(metadata or {})
+    meta.update(
+        {
+            "name": name,
+            "version": version,
+            "format": "pytorch-state-dict",
+            "file": "model.pt",
+            "sha256": sha256_file(weights),
+            "charset": CHARSET,
+            "input_height": INPUT_HEIGHT,
+            "width_stride": WIDTH_STRIDE,
+            "arch": model.arch,
+            "params": count_params(model),
+            "size_mb": round(weights.stat().st_size / 1e6, 3),
+        }
+    )
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def preprocess_array(img: Image.Image) -> np.ndarray:
+    """Grey line image -> float32 array (32, W), ink 1.0 on background 0.0.
+
+    Normalises polarity (dark or light background), stretches contrast, trims blank columns
+    beyond a small margin and scales to height 32 keeping the aspect ratio.
+    """
+    g = ImageOps.grayscale(img) if img.mode != "L" else img
+    a = np.asarray(g, dtype=np.float32)
+    if a.size == 0:
+        return np.zeros((INPUT_HEIGHT, MIN_WIDTH), np.float32)
+    bg = float(np.median(a))
+    lo, hi = float(a.min()), float(a.max())
+    if bg < (lo + hi) / 2:  # light ink on a dark background
+        a = 255.0 - a
+        bg = 255.0 - bg
+    ink = float(np.percentile(a, 0.5))
+    span = max(bg - ink, 1.0)
+    a = np.clip((bg - a) / span, 0.0, 1.0)  # ink -> 1, background -> 0
+    h, w = a.shape
+    cols = np.nonzero((a > 0.5).sum(axis=0) > 0)[0]
+    if cols.size and span > 24:
+        pad = max(2, h // 4)
+        x0, x1 = max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)
+        a = a[:, x0:x1]
+        h, w = a.shape
+    new_w = max(MIN_WIDTH, int(round(w * INPUT_HEIGHT / h)))
+    resized = Image.fromarray((a * 255).astype(np.uint8)).resize(
+        (new_w, INPUT_HEIGHT), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32) / 255.0
+
+
+def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (32, W_i) arrays into (N, 1, 32, W_max) zero-padded, plus output lengths."""
+    w = max(a.shape[-1] for a in arrays)
+    w = ((w + WIDTH_STRIDE - 1) // WIDTH_STRIDE) * WIDTH_STRIDE
+    batch = np.zeros((len(arrays), 1, INPUT_HEIGHT, w), np.float32)
+    for i, a in enumerate(arrays):
+        batch[i, 0, :, : a.shape[-1]] = a
+    lengths = torch.tensor([a.shape[-1] // WIDTH_STRIDE for a in arrays], dtype=torch.long)
+    return torch.from_numpy(batch), lengths

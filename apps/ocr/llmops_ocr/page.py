@@ -1,0 +1,176 @@
+"""Page OCR: binarise a page, undo a slight skew, split it into lines, recognise them in batches."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+if TYPE_CHECKING:
+    from .recognizer import Recognizer
+
+Box = tuple[int, int, int, int]
+MAX_SKEW_DEG = 3.0
+
+
+def rotate_box(box: Box, angle: float, w: int, h: int) -> Box:
+    """The axis-aligned box around `box` after PIL's `rotate(angle)` about the image centre."""
+    cx, cy = w / 2, h / 2
+    a = math.radians(angle)
+    ca, sa = math.cos(a), math.sin(a)
+    xs, ys = [], []
+    for x, y in ((box[0], box[1]), (box[2], box[1]), (box[0], box[3]), (box[2], box[3])):
+        dx, dy = x - cx, y - cy
+        # rotate(angle) turns the picture counter-clockwise as seen on screen (y grows down)
+        xs.append(cx + dx * ca + dy * sa)
+        ys.append(cy - dx * sa + dy * ca)
+    return (
+        max(0, int(math.floor(min(xs)))),
+        max(0, int(math.floor(min(ys)))),
+        min(w, int(math.ceil(max(xs)))),
+        min(h, int(math.ceil(max(ys)))),
+    )
+
+
+def _otsu(a: np.ndarray) -> float:
+    hist = np.bincount(a.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    omega = np.cumsum(hist) / total
+    mu = np.cumsum(hist * np.arange(256)) / total
+    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
+    return float(np.argmax(between))
+
+
+def _grey_dark_ink(img: Image.Image) -> Image.Image:
+    """Grey version of the page with dark ink on light paper (inverts light-on-dark pages)."""
+    g = ImageOps.grayscale(img) if img.mode != "L" else img
+    a = np.asarray(g)
+    if a.size and np.median(a) < (int(a.min()) + int(a.max())) / 2:
+        g = ImageOps.invert(g)
+    return g
+
+
+def binarise(grey: Image.Image) -> np.ndarray:
+    """Boolean ink mask (True = ink) of a dark-ink page; speckle noise is filtered out first."""
+    smooth = np.asarray(grey.filter(ImageFilter.MedianFilter(3)))
+    if smooth.size == 0 or int(smooth.max()) - int(smooth.min()) < 32:
+        return np.zeros(smooth.shape, bool)
+    return smooth < _otsu(smooth)
+
+
+def estimate_skew(ink: np.ndarray) -> float:
+    """The rotation (degrees, for PIL rotate) that makes text rows horizontal."""
+    h, w = ink.shape
+    scale = min(1.0, 1000 / max(w, 1))
+    small = Image.fromarray((ink * 255).astype(np.uint8))
+    if scale < 1:
+        small = small.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.BILINEAR)
+
+    def score(angle: float) -> float:
+        prof = np.asarray(small.rotate(angle, Image.BILINEAR), np.float32).sum(axis=1)
+        return float(np.sum(np.diff(prof) ** 2))
+
+    angles = np.arange(-MAX_SKEW_DEG, MAX_SKEW_DEG + 1e-6, 0.5)
+    best = max(angles, key=score)
+    fine = np.arange(best - 0.5, best + 0.5 + 1e-6, 0.1)
+    return round(float(max(fine, key=score)), 2)
+
+
+def _row_bands(ink: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of rows that hold ink (a horizontal projection profile), small gaps closed."""
+    prof = ink.sum(axis=1)
+    rows = prof > max(1, int(0.002 * ink.shape[1]))
+    bands: list[tuple[int, int]] = []
+    y = 0
+    n = len(rows)
+    while y < n:
+        if rows[y]:
+            y0 = y
+            while y < n and rows[y]:
+                y += 1
+            bands.append((y0, y))
+        y += 1
+    if not bands:
+        return []
+    heights = sorted(b - a for a, b in bands)
+    typical = heights[len(heights) // 2]
+    # Merge a thin band (an i-dot row, an accent, an underline) into its close neighbour.
+    merged: list[tuple[int, int]] = []
+    for a, b in bands:
+        if merged:
+            pa, pb = merged[-1]
+            thin = (b - a) < 0.35 * typical or (pb - pa) < 0.35 * typical
+            if thin and a - pb < 0.3 * typical:
+                merged[-1] = (pa, b)
+                continue
+        merged.append((a, b))
+    return [(a, b) for a, b in merged if b - a >= 3]
+
+
+def _segment(ink: np.ndarray) -> list[Box]:
+    h, w = ink.shape
+    boxes: list[Box] = []
+    for y0, y1 in _row_bands(ink):
+        cols = np.nonzero(ink[y0:y1].any(axis=0))[0]
+        if cols.size == 0:
+            continue
+        bh = y1 - y0
+        pv, ph = max(2, int(0.15 * bh)), max(3, int(0.3 * bh))
+        boxes.append(
+            (
+                max(0, int(cols[0]) - ph),
+                max(0, y0 - pv),
+                min(w, int(cols[-1]) + 1 + ph),
+                min(h, y1 + pv),
+            )
+        )
+    return boxes
+
+
+def _deskewed(img: Image.Image) -> tuple[Image.Image, np.ndarray, float]:
+    grey = _grey_dark_ink(img)
+    ink = binarise(grey)
+    angle = estimate_skew(ink) if ink.any() else 0.0
+    if abs(angle) >= 0.1:
+        paper = int(np.median(np.asarray(grey)))
+        grey = grey.rotate(angle, Image.BICUBIC, fillcolor=paper)
+        ink = binarise(grey)
+    else:
+        angle = 0.0
+    return grey, ink, angle
+
+
+def segment_lines(img: Image.Image) -> list[Box]:
+    """Boxes (x0, y0, x1, y1) of the text lines of a page, top to bottom, in page coordinates."""
+    grey, ink, angle = _deskewed(img)
+    boxes = _segment(ink)
+    if angle:
+        w, h = grey.size
+        boxes = [rotate_box(b, -angle, w, h) for b in boxes]
+    return boxes
+
+
+def ocr_page(
+    recognizer: Recognizer, img: Image.Image, batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """Read a page: [{"text", "confidence", "box": [x0, y0, x1, y1]}] in reading order."""
+    grey, ink, angle = _deskewed(img)
+    boxes = _segment(ink)
+    crops = [grey.crop(b) for b in boxes]
+    tensors = [recognizer.preprocess(c) for c in crops]
+    # Batch lines of similar width together, so little of each batch is padding.
+    order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1])
+    results: list[tuple[str, float]] = [("", 0.0)] * len(tensors)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        for i, r in zip(idx, recognizer.predict([tensors[i] for i in idx]), strict=True):
+            results[i] = r
+    w, h = grey.size
+    out = []
+    for box, (text, conf) in zip(boxes, results, strict=True):
+        page_box = rotate_box(box, -angle, w, h) if angle else box
+        if text.strip():
+            out.append({"text": text, "confidence": conf, "box": list(page_box)})
+    return out

@@ -1,0 +1,96 @@
+"""Load a trained CRNN model directory and read text lines with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .charset import Codec
+from .model import CRNN, build_model, pad_batch, preprocess_array, sha256_file
+
+
+class ModelDirError(RuntimeError):
+    """A model directory is missing files, or its weights do not match metadata.json."""
+
+
+class Recognizer:
+    """A loaded model version: preprocess line images, run them as one padded batch, decode."""
+
+    def __init__(self, model: CRNN, metadata: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.metadata = metadata
+        self.name: str = metadata.get("name", "crnn-ocr")
+        self.version: str = metadata.get("version", "0.0.0")
+        self.sha256: str = metadata.get("sha256", "")
+        self.codec = Codec(metadata.get("charset") or Codec().charset)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Recognizer:
+        """Load `model_dir/{metadata.json,model.pt}`, checking the weights' sha256 first."""
+        d = Path(model_dir)
+        meta_path = d / "metadata.json"
+        if not meta_path.is_file():
+            raise ModelDirError(f"{meta_path}: not found; a model dir holds metadata.json+model.pt")
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelDirError(f"{meta_path}: not valid JSON ({e})") from e
+        weights = d / metadata.get("file", "model.pt")
+        if not weights.is_file():
+            raise ModelDirError(f"{weights}: weights file not found")
+        actual = sha256_file(weights)
+        if metadata.get("sha256") and actual != metadata["sha256"]:
+            raise ModelDirError(
+                f"{weights}: sha256 {actual} does not match metadata.json ({metadata['sha256']});"
+                " the file is corrupt or was replaced: restore it or re-run save_model_dir"
+            )
+        metadata["sha256"] = actual
+        model = build_model(metadata)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return cls(model, metadata)
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """A line image -> float tensor 1 x 32 x W (ink 1, background 0)."""
+        return torch.from_numpy(preprocess_array(img))[None]
+
+    @torch.inference_mode()
+    def predict(self, tensors: Sequence[torch.Tensor]) -> list[tuple[str, float]]:
+        """Recognise preprocessed lines as one padded batch: (text, confidence) per line."""
+        if not tensors:
+            return []
+        batch, lengths = pad_batch([t.squeeze(0).numpy() for t in tensors])
+        logp = self.model(batch)  # N, T, C
+        probs, best = logp.exp().max(dim=-1)
+        out = []
+        for i in range(len(tensors)):
+            n = int(lengths[i])
+            out.append(self._decode(best[i, :n].tolist(), probs[i, :n].numpy()))
+        return out
+
+    def recognize_lines(self, imgs: Sequence[Image.Image]) -> list[tuple[str, float]]:
+        """Preprocess and recognise line images (one batch)."""
+        return self.predict([self.preprocess(im) for im in imgs])
+
+    def _decode(self, best: list[int], probs: np.ndarray) -> tuple[str, float]:
+        """Greedy CTC decoding; confidence = the lowest per-character probability."""
+        text = self.codec.decode_greedy(best)
+        char_probs: list[float] = []
+        prev = 0
+        for k, p in zip(best, probs, strict=True):
+            if k != 0 and k != prev:
+                char_probs.append(float(p))
+            elif k != 0 and k == prev:
+                char_probs[-1] = max(char_probs[-1], float(p))
+            prev = k
+        if char_probs:
+            conf = min(char_probs)
+        else:
+            conf = float(probs.mean()) if len(probs) else 0.0
+        return text, round(conf, 4)
