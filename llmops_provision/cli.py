@@ -15,6 +15,28 @@ from llmops_provision import __version__
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`validate PATH...` -- owned by config.py (issue: foundation)."""
+    from llmops_provision.validate import cli_validate
+
+    p = sub.add_parser(
+        "validate",
+        help="check inventories, config files, app directories and descriptor.json files",
+        description=(
+            "Check inputs without touching a host: an inventory (template + llmops_config "
+            "overrides merged per host, validated, cross-host rules), a config JSON file, "
+            "an application directory or its descriptor.json. Exit 0 when all are valid, "
+            "2 otherwise; one line per error: FILE: JSON.PATH: problem (allowed: ...)."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to check")
+    p.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output for people or machines"
+    )
+    p.add_argument(
+        "--effective",
+        action="store_true",
+        help="also print each valid inventory's effective configs (host -> type -> config)",
+    )
+    p.set_defaults(func=cli_validate)
 
 
 def _add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
