@@ -41,6 +41,46 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`lab up|down|status|ssh|reboot` -- owned by lab.py (issue: local lab)."""
+    from llmops_provision import lab
+
+    p = sub.add_parser(
+        "lab",
+        help="local lab of Debian 12 hosts in systemd-nspawn (root)",
+        description="Real Debian 12 hosts with systemd on this machine, for tests and trials.",
+    )
+    lsub = p.add_subparsers(dest="lab_command", metavar="ACTION")
+    lsub.required = True
+    name_help = "lab name (default: default = inventory/lab.yml, 10.213.0.0/24)"
+
+    up = lsub.add_parser("up", help="start a lab (builds the base image once)")
+    up.add_argument("--name", default=None, help=name_help)
+    src = up.add_mutually_exclusive_group()
+    src.add_argument("--inventory", help="take hosts and addresses from this inventory")
+    src.add_argument("--hosts", help="comma-separated host names, e.g. web1,api1")
+    up.add_argument("--fresh", action="store_true", help="recreate the lab even if it is running")
+    up.add_argument("--json", action="store_true", help="print the lab as JSON")
+    up.set_defaults(func=lab.cli_up)
+
+    down = lsub.add_parser("down", help="stop a lab and remove everything it made")
+    down.add_argument("--name", default=lab.DEFAULT_NAME, help=name_help)
+    down.add_argument("--all", action="store_true", help="every lab on this machine")
+    down.set_defaults(func=lab.cli_down)
+
+    st = lsub.add_parser("status", help="hosts, addresses and states (all labs by default)")
+    st.add_argument("--name", default=None, help="only this lab")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=lab.cli_status)
+
+    ssh = lsub.add_parser("ssh", help="ssh to a lab host as root (a shell, or run CMD)")
+    ssh.add_argument("--name", default=lab.DEFAULT_NAME, help=name_help)
+    ssh.add_argument("host")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
+    ssh.set_defaults(func=lab.cli_ssh)
+
+    rb = lsub.add_parser("reboot", help="reboot a host's systemd and wait until it runs again")
+    rb.add_argument("--name", default=lab.DEFAULT_NAME, help=name_help)
+    rb.add_argument("host")
+    rb.set_defaults(func=lab.cli_reboot)
 
 
 def _add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
