@@ -17,7 +17,17 @@ from llmops_ocr.db import store
 from llmops_ocr.db.migrate import alembic_config
 from sqlalchemy import URL, inspect, make_url, select
 
-TABLES = {"users", "api_keys", "models", "model_versions", "requests", "deployments", "uploads"}
+TABLES = {
+    "users",
+    "api_keys",
+    "models",
+    "model_versions",
+    "requests",
+    "deployments",
+    "uploads",
+    "web_sessions",
+    "login_failures",
+}
 
 
 @pytest.fixture
