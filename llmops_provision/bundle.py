@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jsonschema
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "schemas" / "descriptor.schema.json"
+from llmops_provision.config import verify_app_dir
+from llmops_provision.schemas import validate_against
 
 #: The interpreter and platform every bundle targets: the Python 3.11 of Debian 12 hosts.
 TARGET_PYTHON = "3.11"
@@ -100,66 +98,18 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_schema() -> dict[str, Any]:
-    try:
-        schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
-    except FileNotFoundError as exc:
-        raise BundleError([f"{SCHEMA_PATH}: descriptor schema is missing"]) from exc
-    return schema
-
-
-def _schema_registry() -> Any:
-    """A registry of every schema in schemas/ so descriptor $refs to shared $defs resolve."""
-    from referencing import Registry, Resource
-
-    resources = []
-    for path in sorted(SCHEMA_PATH.parent.glob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError:
-            continue
-        resource = Resource.from_contents(doc, default_specification=_draft_spec())
-        resources.append((path.name, resource))
-        if isinstance(doc, dict) and isinstance(doc.get("$id"), str):
-            resources.append((doc["$id"], resource))
-    return Registry().with_resources(resources)
-
-
-def _draft_spec() -> Any:
-    from referencing.jsonschema import DRAFT202012
-
-    return DRAFT202012
-
-
 def descriptor_problems(descriptor: Any, where: str) -> list[str]:
     """Schema errors of a descriptor, one readable line each (empty when valid)."""
-    validator = jsonschema.Draft202012Validator(_load_schema(), registry=_schema_registry())
-    problems = []
-    for err in sorted(validator.iter_errors(descriptor), key=lambda e: list(e.absolute_path)):
-        json_path = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        problems.append(f"{where}: {json_path}: {err.message}")
-    return problems
+    return [str(e) for e in validate_against("descriptor", descriptor, where)]
 
 
 def load_descriptor(app_dir: Path) -> dict[str, Any]:
-    """Read and validate ``APP_DIR/descriptor.json``."""
-    path = app_dir / DESCRIPTOR_NAME
-    if not path.is_file():
-        raise BundleError(
-            [
-                f"{path}: no descriptor.json; an app dir needs one "
-                "(see schemas/descriptor.schema.json)"
-            ]
-        )
-    try:
-        descriptor = json.loads(path.read_text())
-    except ValueError as exc:
-        raise BundleError([f"{path}: not valid JSON: {exc}"]) from exc
-    problems = descriptor_problems(descriptor, str(path))
-    if problems:
-        raise BundleError(problems)
-    if not isinstance(descriptor, dict):
-        raise BundleError([f"{path}: must be a JSON object"])
+    """Check an app dir (descriptor valid, model files present with their sha256) and return
+    its descriptor."""
+    errors = verify_app_dir(app_dir)
+    if errors:
+        raise BundleError([str(e) for e in errors])
+    descriptor: dict[str, Any] = json.loads((app_dir / DESCRIPTOR_NAME).read_text())
     return descriptor
 
 
@@ -287,26 +237,28 @@ def _copy_models(app_dir: Path, descriptor: dict[str, Any], stage: Path) -> list
     for idx, model in _model_files(descriptor):
         rel = _safe_relpath(str(model.get("path", "")))
         if rel is None:
-            problems.append(f"{where}: models.{idx}.path must be a relative path inside the app")
+            problems.append(f"{where}: models[{idx}].path must be a relative path inside the app")
             continue
         src = app_dir / rel
         if not src.is_file():
             problems.append(
-                f"{where}: models.{idx}.path: {src} does not exist; train or copy the model first"
+                f"{where}: models[{idx}].path: {src} does not exist; train or copy the model first"
             )
             continue
         metadata = model.get("metadata")
         if metadata and not (app_dir / str(metadata)).is_file():
-            problems.append(f"{where}: models.{idx}.metadata: {app_dir / str(metadata)} is missing")
+            problems.append(
+                f"{where}: models[{idx}].metadata: {app_dir / str(metadata)} is missing"
+            )
             continue
         if metadata and (app_dir / str(metadata)).parent != src.parent:
-            problems.append(f"{where}: models.{idx}.metadata must sit beside models.{idx}.path")
+            problems.append(f"{where}: models[{idx}].metadata must sit beside models[{idx}].path")
             continue
         actual = _sha256_file(src)
         expected = model.get("sha256")
         if expected and expected != actual:
             problems.append(
-                f"{where}: models.{idx}.sha256 is {expected} but {src} has sha256 {actual}; "
+                f"{where}: models[{idx}].sha256 is {expected} but {src} has sha256 {actual}; "
                 "update the descriptor if the model was retrained on purpose"
             )
             continue
@@ -515,12 +467,12 @@ def verify_bundle(path: Path) -> BundleInfo:
         rel_path = str(model.get("path", ""))
         metadata = model.get("metadata")
         if metadata and str(metadata) not in digests:
-            problems.append(f"{where}: models.{idx}.metadata {metadata} is not in the bundle")
+            problems.append(f"{where}: models[{idx}].metadata {metadata} is not in the bundle")
         if rel_path not in digests:
-            problems.append(f"{where}: models.{idx}.path {rel_path} is not in the bundle")
+            problems.append(f"{where}: models[{idx}].path {rel_path} is not in the bundle")
         elif model.get("sha256") and digests[rel_path] != model["sha256"]:
             problems.append(
-                f"{where}: {rel_path} does not match models.{idx}.sha256 of {DESCRIPTOR_NAME}"
+                f"{where}: {rel_path} does not match models[{idx}].sha256 of {DESCRIPTOR_NAME}"
             )
     if not any(rel.startswith(f"{WHEELS_DIR}/") and rel.endswith(".whl") for rel in digests):
         problems.append(f"{where}: has no wheels in {WHEELS_DIR}/")

@@ -97,6 +97,19 @@ def _check_app(path: str) -> Result:
     return Result(path, "app" if p.is_dir() else "descriptor", errors, summary)
 
 
+def _check_bundle(path: str) -> Result:
+    """A bundle (.tar.gz from `llmops-provision bundle`): SHA256SUMS, descriptor, model hashes."""
+    from llmops_provision.bundle import BundleError, verify_bundle
+
+    try:
+        info = verify_bundle(Path(path))
+    except BundleError as exc:
+        errors = [ValidationError(path, "", p.removeprefix(f"{path}: ")) for p in exc.problems]
+        return Result(path, "bundle", errors)
+    summary = f"{info.name} {info.version}: {len(info.wheels)} wheels, sha256 {info.sha256}"
+    return Result(path, "bundle", [], summary)
+
+
 Checker = Callable[[str], Result]
 
 # Kinds of input and their checkers; other modules may add kinds (e.g. bundles).
@@ -105,6 +118,7 @@ CHECKERS: dict[str, Checker] = {
     "config": _check_config,
     "app": _check_app,
     "descriptor": _check_app,
+    "bundle": _check_bundle,
 }
 
 
@@ -115,6 +129,8 @@ def kind_of(path: str) -> str | None:
         return "app"
     if p.name == "descriptor.json":
         return "descriptor"
+    if p.name.endswith((".tar.gz", ".tgz")):
+        return "bundle"
     suffix = p.suffix.lower()
     if suffix in (".yml", ".yaml"):
         return "inventory"
@@ -137,8 +153,8 @@ def check_path(path: str) -> Result:
                     path,
                     "",
                     "not a kind of input validate knows",
-                    "an inventory (.yml/.yaml), a config (.json), descriptor.json "
-                    "or an application directory",
+                    "an inventory (.yml/.yaml), a config (.json), descriptor.json, "
+                    "an application directory or a bundle (.tar.gz)",
                 )
             ],
         )
