@@ -110,6 +110,78 @@ def _add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=bundle.cmd_bundle)
 
 
+def _add_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`apply INVENTORY` -- owned by deploy.py (issue 6)."""
+    from llmops_provision import deploy
+
+    p = sub.add_parser(
+        "apply",
+        help="validate, then converge the hosts of an inventory (site.yml)",
+        description="Validate the inventory (nothing is touched on an error: exit 2), generate "
+        "missing credentials in .llmops/secrets/<inventory>/, build or reuse the bundle, run "
+        "site.yml with live progress and print a per-host summary. Exit 1 if any host failed.",
+    )
+    deploy.add_common_options(p)
+    p.add_argument("--server-type", choices=("web", "api", "lb", "db", "monitoring"))
+    p.add_argument("--bundle", metavar="PATH|URL", help="application bundle to deploy")
+    p.set_defaults(func=deploy.cmd_apply)
+
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`plan INVENTORY` -- owned by deploy.py (issue 6)."""
+    from llmops_provision import deploy
+
+    p = sub.add_parser(
+        "plan",
+        help="what apply would change (check mode with diff; changes nothing)",
+        description="Run site.yml in check mode with diffs and list each change per host.",
+    )
+    deploy.add_common_options(p)
+    p.add_argument("--server-type", choices=("web", "api", "lb", "db", "monitoring"))
+    p.set_defaults(func=deploy.cmd_plan)
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`status INVENTORY` -- owned by deploy.py (issue 6)."""
+    from llmops_provision import deploy
+
+    p = sub.add_parser(
+        "status",
+        help="per host and service: systemd state, health probes, release, last deployment",
+    )
+    deploy.add_common_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=deploy.cmd_status)
+
+
+def _add_backup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`backup INVENTORY` -- owned by deploy.py (issue 6)."""
+    from llmops_provision import deploy
+
+    p = sub.add_parser("backup", help="back up the database now; prints the backup's name")
+    deploy.add_common_options(p, limit=False)
+    p.set_defaults(func=deploy.cmd_backup)
+
+
+def _add_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`restore INVENTORY --from NAME` -- owned by deploy.py (issue 6)."""
+    from llmops_provision import deploy
+
+    p = sub.add_parser(
+        "restore",
+        help="restore the database from a named backup (web and api stopped around it)",
+    )
+    deploy.add_common_options(p, limit=False)
+    p.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        metavar="NAME",
+        help="backup name, e.g. llmops-20261204T023000Z.dump (as printed by backup)",
+    )
+    p.set_defaults(func=deploy.cmd_restore)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmops-provision",
@@ -122,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_lab(sub)
     _add_bundle(sub)
+    _add_apply(sub)
+    _add_plan(sub)
+    _add_status(sub)
+    _add_backup(sub)
+    _add_restore(sub)
     return parser
 
 
