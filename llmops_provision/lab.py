@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +166,7 @@ class Lab:
     hosts: list[Host]
     base: str = ""
     groups: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""  # the inventory file the hosts came from, if any
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -275,6 +276,7 @@ class Lab:
                 {"name": h.name, "address": h.address, "groups": list(h.groups)} for h in self.hosts
             ],
             "groups": self.groups,
+            "source": self.source,
         }
 
     @classmethod
@@ -287,6 +289,7 @@ class Lab:
                 Host(h["name"], h["address"], tuple(h.get("groups", ()))) for h in data["hosts"]
             ],
             groups={k: list(v) for k, v in data.get("groups", {}).items()},
+            source=data.get("source", ""),
         )
 
 
@@ -544,12 +547,20 @@ def _plan(
     name: str,
     hosts: Sequence[str] | None,
     inventory: Path | None,
+    host_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> Lab:
     """Decide subnet and addresses (under the global lock)."""
     groups: dict[str, list[str]] = {}
     inv_name: str | None = None
     if hosts:
-        planned = [Host(h, "") for h in hosts]
+        groups = {g: list(members) for g, members in (host_groups or {}).items()}
+        for g, members in groups.items():
+            unknown = set(members) - set(hosts)
+            if unknown:
+                raise LabError(
+                    f"group {g!r} names hosts that are not in the lab: {sorted(unknown)}"
+                )
+        planned = [Host(h, "", tuple(g for g, m in groups.items() if h in m)) for h in hosts]
     else:
         inv_name, planned, groups = _read_inventory(inventory or DEFAULT_INVENTORY)
     for h in planned:
@@ -615,7 +626,8 @@ def _plan(
         final.append(Host(h.name, addr, h.groups))
     if len({h.address for h in final}) != len(final):
         raise LabError(f"two hosts share an address: {[(h.name, h.address) for h in final]}")
-    return Lab(name=name, index=index, hosts=final, groups=groups)
+    source = "" if hosts else str((inventory or DEFAULT_INVENTORY).resolve())
+    return Lab(name=name, index=index, hosts=final, groups=groups, source=source)
 
 
 def _subnet(index: int) -> ipaddress.IPv4Network:
@@ -661,23 +673,43 @@ def _write_state(lab: Lab) -> None:
 
 
 def _write_inventory(lab: Lab) -> None:
-    inv: dict[str, Any] = {
-        "all": {
-            "vars": {
-                "ansible_user": SSH_USER,
-                "ansible_ssh_private_key_file": str(lab.ssh_key),
-                "ansible_ssh_common_args": (
-                    "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-                ),
-                "llmops_lab_name": lab.name,
-            },
-            "hosts": {h.name: {"ansible_host": h.address} for h in lab.hosts},
-        }
+    """Write ``inventory.yml`` for Ansible: a copy of the source inventory (its vars and groups
+    kept) with this lab's addresses and key, or a plain one for ``--hosts`` labs."""
+    ssh_vars = {
+        "ansible_user": SSH_USER,
+        "ansible_ssh_private_key_file": str(lab.ssh_key),
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "llmops_lab_name": lab.name,
     }
-    if lab.groups:
-        inv["all"]["children"] = {
-            g: {"hosts": {h: None for h in members}} for g, members in lab.groups.items()
+    inv: dict[str, Any] = {}
+    if lab.source:
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            inv = yaml.safe_load(Path(lab.source).read_text()) or {}
+    if inv.get("all"):
+        addresses = {h.name: h.address for h in lab.hosts}
+
+        def rewrite(node: dict[str, Any]) -> None:
+            for hname, hvars in list((node.get("hosts") or {}).items()):
+                hvars = dict(hvars or {})
+                hvars["ansible_host"] = addresses[hname]
+                node["hosts"][hname] = hvars
+            for child in (node.get("children") or {}).values():
+                if isinstance(child, dict):
+                    rewrite(child)
+
+        rewrite(inv["all"])
+        inv["all"]["vars"] = {**(inv["all"].get("vars") or {}), **ssh_vars}
+    else:
+        inv = {
+            "all": {
+                "vars": ssh_vars,
+                "hosts": {h.name: {"ansible_host": h.address} for h in lab.hosts},
+            }
         }
+        if lab.groups:
+            inv["all"]["children"] = {
+                g: {"hosts": dict.fromkeys(members)} for g, members in lab.groups.items()
+            }
     header = f"# Written by `llmops-provision lab up --name {lab.name}`; rewritten on every up.\n"
     lab.inventory_path.write_text(header + yaml.safe_dump(inv, sort_keys=False))
 
@@ -1024,11 +1056,13 @@ def up(
     name: str = DEFAULT_NAME,
     hosts: Sequence[str] | None = None,
     inventory: Path | str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
     fresh: bool = False,
     progress: Progress = _stderr,
     timeout: float = BOOT_TIMEOUT_S,
 ) -> Lab:
-    """Start lab ``name`` with ``hosts`` (names) or the hosts of ``inventory`` and return it.
+    """Start lab ``name`` with ``hosts`` (names; ``groups`` maps group -> host names) or the
+    hosts of ``inventory`` and return it.
 
     A lab already running with the same hosts is reused unless ``fresh``; a lab left behind by
     a crash (or with other hosts) is removed first.
@@ -1041,7 +1075,7 @@ def up(
     rootfs = ensure_base(progress)
     with _flock(STATE_ROOT / "labs" / f".{name}.lock"):
         with _flock(STATE_ROOT / "network.lock"):
-            lab = _plan(name, hosts, inv)
+            lab = _plan(name, hosts, inv, groups)
             lab.base = base_recipe_hash()
             previous = load(name) if (lab_dir(name) / "lab.json").exists() else None
             if previous is not None and not fresh and _reusable(previous, lab):
@@ -1051,7 +1085,7 @@ def up(
                 old = previous or lab
                 progress(f"lab {name}: removing what an earlier run left behind")
                 _teardown(old, _stale_hosts(old))
-                lab = _plan(name, hosts, inv)
+                lab = _plan(name, hosts, inv, groups)
                 lab.base = base_recipe_hash()
             _write_state(lab)
             try:
