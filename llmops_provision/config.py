@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmops_provision.errors import InvalidInput, ValidationError, json_path
 from llmops_provision.inventory import Inventory, check_inventory
@@ -206,6 +207,18 @@ def _override_layers(
 class _Effective:
     config: dict[str, Any]
     prov: _Provenance
+    stype: str
+    inventory_path: str
+
+    def edit_at(self, parts: Parts) -> tuple[str, str]:
+        """Where the user changes the value at ``parts``: the override that set it, or, for a
+        template default, the place in the inventory where an override would go."""
+        file, shown = self.prov.locate(parts)
+        if file == self.inventory_path:
+            return file, shown
+        return self.inventory_path, json_path(
+            ("groups", self.stype, "vars", "llmops_config", *parts)
+        )
 
 
 def _effective(inv: Inventory, host: str, stype: str) -> tuple[_Effective, list[ValidationError]]:
@@ -218,7 +231,7 @@ def _effective(inv: Inventory, host: str, stype: str) -> tuple[_Effective, list[
     for layer in layers:
         _merge(stype, config, layer.values, _Origin(layer.file, layer.base), prov)
     errors.extend(validate_against(stype, config, prov.locate))
-    return _Effective(config, prov), errors
+    return _Effective(config, prov, stype, inv.path), errors
 
 
 def _shown(path: Path) -> str:
@@ -290,7 +303,7 @@ def _cross_host_errors(
                 if port in used:
                     parts: Parts = tuple(key.split(".")) if "fixed" not in key else ()
                     err(
-                        eff.prov.locate(parts),
+                        eff.edit_at(parts),
                         f"port {port} on host {host} is used by both {used[port]} and {label}",
                         "a port no other service on the host uses",
                     )
@@ -301,9 +314,41 @@ def _cross_host_errors(
         web = per.get("web")
         if web is not None and web.config["debug"] and inv.environment != "dev":
             err(
-                web.prov.locate(("debug",)),
+                web.edit_at(("debug",)),
                 f"debug is on for host {host} in a {inv.environment} inventory",
                 "debug: true only when all.vars.llmops_environment is dev",
+            )
+    # web must reach an api: a loopback api_url works only where an api runs too.
+    for host, per in configs.items():
+        web = per.get("web")
+        if web is None:
+            continue
+        api_host = urlsplit(web.config["api_url"]).hostname or ""
+        if api_host in _LOOPBACK and "api" not in per:
+            err(
+                web.edit_at(("api_url",)),
+                f"{web.config['api_url']} is loopback, but host {host} runs no api",
+                "the lb's https://<lb address>/api or an api host's address",
+            )
+    # The lb must let through the largest upload the services accept.
+    uploads = [
+        (eff.config["max_upload_bytes"], stype, host)
+        for host, per in configs.items()
+        for stype, eff in per.items()
+        if stype in ("web", "api")
+    ]
+    for per in configs.values():
+        lb = per.get("lb")
+        if lb is None or not uploads:
+            continue
+        limit = _nginx_size(lb.config["client_max_body_size"])
+        biggest, stype, on = max(uploads)
+        if limit < biggest:
+            err(
+                lb.edit_at(("client_max_body_size",)),
+                f"{lb.config['client_max_body_size']} ({limit} bytes) is less than "
+                f"{stype} max_upload_bytes {biggest} on {on}: big uploads would get nginx's 413",
+                f">= {biggest} bytes, e.g. {-(-biggest // (1 << 20)) + 1}m",
             )
     # The database the services use must be the one the db server provides.
     db_hosts = inv.hosts_of("db")
@@ -316,7 +361,7 @@ def _cross_host_errors(
                 continue
             eff = app
             dbc = eff.config["database"]
-            where = eff.prov.locate(("database",))
+            where = eff.edit_at(("database",))
             if dbc["engine"] == "sqlite" and (len(app_hosts | set(db_hosts)) > 1):
                 err(
                     where,
@@ -328,7 +373,7 @@ def _cross_host_errors(
                 continue
             if dbc["engine"] != db.config["engine"]:
                 err(
-                    eff.prov.locate(("database", "engine")),
+                    eff.edit_at(("database", "engine")),
                     f"{stype} on {host} uses {dbc['engine']} but the db server "
                     f"({db_hosts[0]}) runs {db.config['engine']}",
                     db.config["engine"],
@@ -337,7 +382,7 @@ def _cross_host_errors(
                 dbhost = inv.hosts[db_hosts[0]]
                 if dbc["host"] not in (dbhost.address, dbhost.name):
                     err(
-                        eff.prov.locate(("database", "host")),
+                        eff.edit_at(("database", "host")),
                         f"{dbc['host']!r} is not the db host",
                         f"{dbhost.address} (host {dbhost.name})",
                     )
@@ -348,17 +393,27 @@ def _cross_host_errors(
                 ):
                     if dbc[key] != want:
                         err(
-                            eff.prov.locate(("database", key)),
+                            eff.edit_at(("database", key)),
                             f"{dbc[key]!r} differs from the db server's",
                             json.dumps(want),
                         )
             elif dbc["path"] != db.config["sqlite"]["path"]:
                 err(
-                    eff.prov.locate(("database", "path")),
+                    eff.edit_at(("database", "path")),
                     f"{dbc['path']!r} is not the db server's sqlite file",
                     db.config["sqlite"]["path"],
                 )
     return errors
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _nginx_size(text: str) -> int:
+    """nginx size syntax (``10m``, ``512k``, ``1g``, ``1024``) in bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    last = text[-1].lower()
+    return int(text[:-1]) * units[last] if last in units else int(text)
 
 
 def validate_inventory(path: str | Path) -> list[ValidationError]:

@@ -256,7 +256,9 @@ def check_inventory(inv: Inventory) -> list[ValidationError]:
     env = inv.all_vars.get("llmops_environment", "prod")
     if env not in ENVIRONMENTS:
         err(
-            "all.vars.llmops_environment", f"{env!r} is not an environment", ", ".join(ENVIRONMENTS)
+            "groups.all.vars.llmops_environment",
+            f"{env!r} is not an environment",
+            ", ".join(ENVIRONMENTS),
         )
     for t in SERVER_TYPES:
         if t not in inv.groups:

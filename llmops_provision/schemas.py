@@ -164,7 +164,9 @@ def _describe(err: SchemaError, locate: Locator) -> list[ValidationError]:
     if kw == "type":
         want = err.validator_value
         want_s = " or ".join(want) if isinstance(want, list) else str(want)
-        return [_error(locate, path, f"{_short(value)} is a {_type_name(value)}", want_s)]
+        got = _type_name(value)
+        article = "an" if got[0] in "aeiou" else "a"
+        return [_error(locate, path, f"{_short(value)} is {article} {got}", want_s)]
     if kw == "enum":
         return [
             _error(
