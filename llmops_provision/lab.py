@@ -906,6 +906,8 @@ def _boot_host(lab: Lab, host: Host) -> None:
         "-M", lab.machine(host.name),
         f"--hostname={host.name}",
         f"--network-namespace-path=/run/netns/{lab.netns(host.name)}",
+        # the host's own netns: roles/common loads its nftables firewall there
+        "--capability=CAP_NET_ADMIN",
         "--resolv-conf=off",
         "--timezone=off",
         "--link-journal=no",
