@@ -222,7 +222,7 @@ def test_healthz_and_metrics(web) -> None:  # type: ignore[no-untyped-def]
     m = c.get("/metrics")
     assert m.status_code == 200
     assert re.search(
-        r'llmops_web_requests_total\{handler="/login",method="POST",status="401"\} [1-9]', m.text
+        r'llmops_web_requests_total\{method="POST",route="/login",status="401"\} [1-9]', m.text
     )
     assert "llmops_web_request_duration_seconds_bucket" in m.text
     assert re.search(r'llmops_web_logins_total\{result="failed"\} [1-9]', m.text)

@@ -142,9 +142,9 @@ def create_app(
             resp.headers.setdefault(k, v)
         if g.get("user") is not None or request.endpoint in ("login",):
             resp.headers.setdefault("Cache-Control", "no-store")
-        handler = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(handler, request.method, str(resp.status_code)).inc()
-        metrics.DURATION.labels(handler).observe(time.perf_counter() - g.get("started", 0.0))
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(request.method, route, str(resp.status_code)).inc()
+        metrics.DURATION.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
         return resp
 
     @app.teardown_request

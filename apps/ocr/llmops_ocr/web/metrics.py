@@ -21,12 +21,12 @@ from prometheus_client import (
 REQUESTS = Counter(
     "llmops_web_requests_total",
     "HTTP requests served by the web app",
-    ["handler", "method", "status"],
+    ["method", "route", "status"],
 )
 DURATION = Histogram(
     "llmops_web_request_duration_seconds",
     "Time to answer a web request",
-    ["handler"],
+    ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 API_CALLS = Counter(
