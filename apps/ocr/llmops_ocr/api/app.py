@@ -4,8 +4,6 @@ Models are loaded in the lifespan, i.e. in each worker after gunicorn forked it;
 accepts requests only once every model version is loaded and a warm-up inference passed.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import io
@@ -183,13 +181,16 @@ def _prepare(lm: LoadedModel, img: Image.Image, mode: str) -> tuple[list[Any], l
                 f"{MAX_LINE_WIDTH} px at 32 px high); send a page with mode=page",
             )
         return tensors, boxes
-    from llmops_ocr.page import segment_lines
+    # The same steps as llmops_ocr.page.ocr_page, but the recognition goes through the batcher
+    # so that lines of concurrent requests share model calls.
+    from llmops_ocr import page
 
-    boxes = [[int(v) for v in b] for b in segment_lines(img)]
-    tensors = []
-    for x0, y0, x1, y1 in boxes:
-        t = lm.recognizer.preprocess(img.crop((x0, y0, x1, y1)))
-        tensors.append(t[..., :MAX_LINE_WIDTH])
+    grey, ink, angle = page._deskewed(img)
+    w, h = grey.size
+    tensors, boxes = [], []
+    for box in page._segment(ink):
+        tensors.append(lm.recognizer.preprocess(grey.crop(box))[..., :MAX_LINE_WIDTH])
+        boxes.append([int(v) for v in (page.rotate_box(box, -angle, w, h) if angle else box)])
     return tensors, boxes
 
 
@@ -394,6 +395,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lines = [
             OcrLine(text=t, confidence=min(1.0, max(0.0, float(c))), box=b)
             for (t, c), b in zip(results, boxes, strict=True)
+            if mode == "line" or t.strip()  # a page line read as nothing is noise, like ocr_page
         ]
         return OcrResponse(
             model=ModelRef(name=lm.recognizer.name, version=version),
@@ -421,8 +423,12 @@ async def _read_upload(request: HttpRequest, limit: int) -> bytes:
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a field named 'file'")
+    # "Connection: close" makes the server drop the connection instead of reading (and
+    # discarding) the rest of an oversized body, so the client learns early too.
     too_large = HTTPException(
-        413, f"upload larger than the limit of {limit} bytes (max_upload_bytes)"
+        413,
+        f"upload larger than the limit of {limit} bytes (max_upload_bytes)",
+        headers={"Connection": "close"},
     )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
