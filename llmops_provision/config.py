@@ -328,7 +328,7 @@ def _cross_host_errors(
             err(
                 web.edit_at(("api_url",)),
                 f"{web.config['api_url']} is loopback, but host {host} runs no api",
-                "the lb's https://<lb address>/api or an api host's address",
+                "the lb (https://<lb address>, it sends /v1/ to the api hosts) or an api host",
             )
     # The lb must let through the largest upload the services accept.
     uploads = [

@@ -27,7 +27,7 @@ def write(tmp_path: Path, data: dict[str, Any], name: str = "inv.yml") -> str:
 
 def test_base_inventory_is_valid(tmp_path: Path) -> None:
     configs = effective_configs(load_inventory(write(tmp_path, BASE)))
-    assert configs["web1"]["web"]["api_url"] == "https://192.0.2.10/api"
+    assert configs["web1"]["web"]["api_url"] == "https://192.0.2.10"
     assert configs["mon1"]["monitoring"]["port"] == 9090
 
 
