@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from conftest import free_port
 from llmops_ocr import db
 from llmops_ocr.db import store
 from PIL import Image
-from sqlalchemy import URL
+from sqlalchemy import URL, update
 from webutil import ADMIN_PASSWORD, csrf_of, login, make_web
 
 
@@ -298,3 +299,16 @@ def test_admin_cli(
     (web.credentials / "admin-password").unlink()
     rc, _, err = run("ensure-admin")
     assert rc == 2 and "credential 'admin-password' not found" in err
+
+
+def test_expired_session_needs_a_new_login(web) -> None:  # type: ignore[no-untyped-def]
+    c = web.client()
+    assert login(c).status_code == 302
+    assert c.get("/upload").status_code == 200
+    engine = web.app.extensions["llmops"]["engine"]
+    with engine.begin() as conn:  # the session's lifetime has passed
+        conn.execute(
+            update(db.WebSession).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    r = c.get("/upload")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/login")
