@@ -255,7 +255,8 @@ def check_inventory_configs(
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], list[ValidationError]]:
     """Effective configs (host -> type -> config) and every error; valid only if no errors."""
     configs, errors = _effective_all(inv)
-    return {h: {t: e.config for t, e in per.items()} for h, per in configs.items()}, errors
+    plain = {h: {t: e.config for t, e in per.items()} for h, per in configs.items()}
+    return plain, inv.with_lines(errors)
 
 
 def _effective_all(

@@ -11,13 +11,13 @@ Per-type config overrides live in the inventory under ``llmops_config``:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from llmops_provision.errors import InvalidInput, ValidationError
+from llmops_provision.errors import InvalidInput, ValidationError, split_path
 from llmops_provision.schemas import SERVER_TYPES
 
 ENVIRONMENTS: tuple[str, ...] = ("dev", "lab", "prod")
@@ -82,6 +82,36 @@ class Inventory:
     groups: dict[str, Group]
     hosts: dict[str, Host]
     all_vars: dict[str, Any]
+    # Where things are written in the file: YAML key path -> line, and the YAML path of each
+    # group's body and each host's vars (their first definition).
+    yaml_lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+    group_at: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    host_at: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def line_of(self, path: str) -> int:
+        """The line that holds ``path`` (``groups.api.vars.llmops_config.port``), or the line of
+        its nearest written parent; 0 when unknown."""
+        parts = [str(p) for p in split_path(path)]
+        yaml_path: tuple[str, ...] | None = None
+        if len(parts) >= 2 and parts[0] == "groups" and parts[1] in self.group_at:
+            yaml_path = self.group_at[parts[1]] + tuple(parts[2:])
+        elif len(parts) >= 2 and parts[0] == "hosts" and parts[1] in self.host_at:
+            rest = parts[3:] if parts[2:3] == ["vars"] else parts[2:]
+            yaml_path = self.host_at[parts[1]] + tuple(rest)
+        if yaml_path is None:
+            return 0
+        for n in range(len(yaml_path), 0, -1):
+            line = self.yaml_lines.get(yaml_path[:n])
+            if line:
+                return line
+        return 0
+
+    def with_lines(self, errors: list[ValidationError]) -> list[ValidationError]:
+        """``errors`` with the line numbers of those that point into this inventory."""
+        return [
+            replace(e, line=self.line_of(e.path)) if e.file == self.path and not e.line else e
+            for e in errors
+        ]
 
     @property
     def environment(self) -> str:
@@ -121,21 +151,46 @@ def _yaml_error(path: str, exc: yaml.YAMLError) -> ValidationError:
 
 def read_yaml(path: Path, shown: str) -> Any:
     """Parse YAML (with Ansible's tags); raise InvalidInput naming the line of a syntax error."""
+    return read_yaml_with_lines(path, shown)[0]
+
+
+def read_yaml_with_lines(path: Path, shown: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML and note the line of every mapping key (by its key path)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput([ValidationError(shown, "", f"cannot read: {exc.strerror}")]) from exc
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise InvalidInput([_yaml_error(shown, exc)]) from exc
+    finally:
+        loader.dispose()
+    lines: dict[tuple[str, ...], int] = {}
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(node, ())] if node is not None else []
+    seen: set[int] = set()
+    while stack:
+        current, at = stack.pop()
+        if not isinstance(current, yaml.MappingNode) or id(current) in seen:
+            continue
+        seen.add(id(current))  # an alias repeats a node; its lines are those of the anchor
+        for key_node, value_node in current.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                here = (*at, str(key_node.value))
+                lines.setdefault(here, key_node.start_mark.line + 1)
+                stack.append((value_node, here))
+    return data, lines
 
 
 def load_inventory(path: str | Path) -> Inventory:
     """Parse an Ansible YAML inventory. Raises InvalidInput with every structural problem."""
     p = Path(path)
     shown = str(path)
-    data = read_yaml(p, shown)
+    data, lines = read_yaml_with_lines(p, shown)
+    group_at: dict[str, tuple[str, ...]] = {}
+    host_at: dict[str, tuple[str, ...]] = {}
     errors: list[ValidationError] = []
     groups: dict[str, Group] = {}
     hosts: dict[str, Host] = {}
@@ -147,9 +202,11 @@ def load_inventory(path: str | Path) -> Inventory:
     def err(where: str, problem: str, allowed: str = "") -> None:
         errors.append(ValidationError(shown, where, problem, allowed))
 
-    def walk(name: str, body: Any, parent: str | None) -> None:
+    def walk(name: str, body: Any, parent: str | None, at: tuple[str, ...]) -> None:
         where = f"groups.{name}"
         group = groups.setdefault(name, Group(name))
+        if name not in group_at or (isinstance(body, dict) and "vars" in body):
+            group_at[name] = at
         if parent is not None and name not in groups[parent].children:
             groups[parent].children.append(name)
         if body is None:
@@ -182,6 +239,8 @@ def load_inventory(path: str | Path) -> Inventory:
                     err(f"hosts.{hname}.vars", "host vars must be a mapping")
                     continue
                 host.vars.update(hvars)
+                if hname not in host_at or hvars:
+                    host_at[hname] = (*at, "hosts", hname)
                 if hname not in group.hosts:
                     group.hosts.append(hname)
         children = body.get("children") or {}
@@ -189,10 +248,10 @@ def load_inventory(path: str | Path) -> Inventory:
             err(f"{where}.children", "children must be a mapping of group name -> group")
         else:
             for cname, cbody in children.items():
-                walk(str(cname), cbody, name)
+                walk(str(cname), cbody, name, (*at, "children", str(cname)))
 
     for top, body in data.items():
-        walk(str(top), body, None)
+        walk(str(top), body, None, (str(top),))
     if "all" not in groups:
         groups["all"] = Group("all")
     for gname in groups:
@@ -209,11 +268,14 @@ def load_inventory(path: str | Path) -> Inventory:
         groups=groups,
         hosts=hosts,
         all_vars=dict(groups["all"].vars),
+        yaml_lines=lines,
+        group_at=group_at,
+        host_at=host_at,
     )
     for hname, host in hosts.items():
         host.groups = [g for g in groups if hname in inv.hosts_of(g)]
     if errors:
-        raise InvalidInput(errors)
+        raise InvalidInput(inv.with_lines(errors))
     return inv
 
 

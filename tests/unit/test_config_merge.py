@@ -79,10 +79,12 @@ def test_schema_error_in_host_override_names_the_host(tmp_path: Path) -> None:
     path = write(tmp_path, data)
     with pytest.raises(InvalidInput) as exc:
         effective_configs(load_inventory(path))
-    assert [str(e) for e in exc.value.errors] == [
+    (err,) = exc.value.errors
+    assert str(err) == (
         f"{path}: hosts.api1.vars.llmops_config.batching.max_queue: 0 is out of range "
-        "(allowed: >= 1 and <= 100000)"
-    ]
+        f"(allowed: >= 1 and <= 100000) [line {err.line}]"
+    )
+    assert Path(path).read_text().splitlines()[err.line - 1].strip() == "max_queue: 0"
 
 
 def test_database_override_replaces_the_default_whole(tmp_path: Path) -> None:

@@ -79,3 +79,14 @@ def test_unknown_group_key_is_an_error(tmp_path: Path) -> None:
     assert [(e.path, e.problem) for e in exc.value.errors] == [
         ("groups.web.host", "unknown key in a group")
     ]
+
+
+def test_errors_carry_the_line_of_the_value_to_edit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmops_provision.config import validate_inventory
+
+    monkeypatch.chdir(ROOT)
+    case = "tests/data/invalid/inv-duplicate-port.yml"
+    (err,) = validate_inventory(case)
+    lines = (ROOT / case).read_text().splitlines()
+    assert lines[err.line - 1].strip() == "port: 8080"
+    assert str(err).endswith(f"[line {err.line}]")
