@@ -552,3 +552,39 @@ def verify_app_dir(app_dir: str | Path, server_type: str | None = None) -> list[
             )
         )
     return errors
+
+
+def check_release(
+    inv: Inventory,
+    configs: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    descriptor: Mapping[str, Any],
+) -> list[ValidationError]:
+    """Does a validated descriptor fit the inventory's effective configs? Every server type that
+    runs app code needs a component, and every api's default model must be in the descriptor."""
+    errors: list[ValidationError] = []
+    models = {(m["name"], m["version"]) for m in descriptor.get("models", [])}
+    shipped = ", ".join(f"{n} {v}" for n, v in sorted(models)) or "none"
+    for host, per in configs.items():
+        for stype in ("web", "api"):
+            if stype in per and stype not in descriptor["components"]:
+                errors.append(
+                    ValidationError(
+                        inv.path,
+                        f"groups.{stype}",
+                        f"{descriptor['name']} {descriptor['version']} has no {stype} component "
+                        f"(host {host} runs {stype})",
+                        ", ".join(sorted(descriptor["components"])),
+                    )
+                )
+        api = per.get("api")
+        if api is not None and (api["model"]["name"], api["model"]["version"]) not in models:
+            errors.append(
+                ValidationError(
+                    inv.path,
+                    "groups.api.vars.llmops_config.model",
+                    f"host {host} serves {api['model']['name']} {api['model']['version']}, which "
+                    f"{descriptor['name']} {descriptor['version']} does not ship",
+                    shipped,
+                )
+            )
+    return inv.with_lines(_unique(errors))

@@ -127,3 +127,25 @@ def test_vault_values_are_not_literal_secrets(tmp_path: Path) -> None:
     p = tmp_path / "vaulted.yml"
     p.write_text(text)
     assert check_inventory_configs(load_inventory(p))[1] == []
+
+
+def test_release_must_ship_the_model_and_components_the_inventory_needs(tmp_path: Path) -> None:
+    from llmops_provision.config import check_release
+
+    inv = load_inventory(write(tmp_path, BASE))
+    configs = effective_configs(inv)
+    component = {"entry_point": "m:app", "kind": "asgi", "health_path": "/healthz"}
+    descriptor: dict[str, Any] = {
+        "name": "ocr",
+        "version": "2.0.0",
+        "components": {"api": component, "web": {**component, "kind": "wsgi"}},
+        "models": [{"name": "crnn-ocr", "version": "1.0.0"}],
+    }
+    assert check_release(inv, configs, descriptor) == []
+    descriptor["models"] = [{"name": "crnn-ocr", "version": "1.1.0"}]
+    del descriptor["components"]["web"]
+    errors = check_release(inv, configs, descriptor)
+    assert {(e.path, e.allowed) for e in errors} == {
+        ("groups.web", "api"),
+        ("groups.api.vars.llmops_config.model", "crnn-ocr 1.1.0"),
+    }
