@@ -131,13 +131,25 @@ def create_app(
         g.db = sessions()
         try:
             g.user = auth.load_user(g.db)
-        except SQLAlchemyError:
-            log.exception("database unavailable")
+        except SQLAlchemyError as exc:
+            log.error("database unavailable: %s", str(exc).splitlines()[0])
             abort(503)
         auth.check_csrf()
 
     @app.after_request
     def after(resp: Response) -> Response:
+        db = g.get("db")
+        if db is not None and resp.status_code >= 500:
+            db.rollback()
+        elif db is not None:
+            # Commit before the response leaves, so a redirect never points at unsaved data
+            # and a failing commit still becomes a proper error page.
+            try:
+                db.commit()
+            except SQLAlchemyError as exc:
+                db.rollback()
+                log.error("database error on commit: %s", str(exc).splitlines()[0])
+                resp = error_page(503, *ERROR_TEXTS[503], headers={"Retry-After": "10"})
         for k, v in SECURITY_HEADERS.items():
             resp.headers.setdefault(k, v)
         if g.get("user") is not None or request.endpoint in ("login",):
@@ -151,13 +163,7 @@ def create_app(
     def teardown(exc: BaseException | None) -> None:
         db = g.pop("db", None)
         if db is not None:
-            try:
-                if exc is None:
-                    db.commit()
-                else:
-                    db.rollback()
-            finally:
-                db.close()
+            db.close()  # rolls back whatever after_request did not commit
 
     def error_page(
         status: int, title: str, message: str, headers: Mapping[str, str] | None = None
