@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +95,24 @@ def test_errors_carry_the_line_of_the_value_to_edit(monkeypatch: pytest.MonkeyPa
     lines = (ROOT / case).read_text().splitlines()
     assert lines[err.line - 1].strip() == "port: 8080"
     assert str(err).endswith(f"[line {err.line}]")
+
+
+@pytest.mark.parametrize("name", ["lab", "dev", "prod"])
+def test_ansible_reads_the_same_groups_and_addresses(name: str) -> None:
+    """Our parser and Ansible's agree on who is in which group and on each host's vars."""
+    tool = shutil.which("ansible-inventory", path=str(Path(sys.executable).parent))
+    if tool is None:
+        pytest.skip("ansible-inventory is not installed in this environment")
+    path = ROOT / "inventory" / f"{name}.yml"
+    env = {**os.environ, "ANSIBLE_INVENTORY_ENABLED": "yaml", "ANSIBLE_NOCOLOR": "1"}
+    out = subprocess.run(
+        [tool, "-i", str(path), "--list"], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    ansible = json.loads(out)
+    inv = load_inventory(path)
+    for stype, hosts in inv.hosts_by_type().items():
+        assert sorted(ansible[stype]["hosts"]) == sorted(hosts), stype
+    for host in inv.hosts.values():
+        theirs = ansible["_meta"]["hostvars"][host.name]
+        assert theirs.get("ansible_host") == host.vars.get("ansible_host")
+        assert theirs.get("llmops_environment") == inv.environment
