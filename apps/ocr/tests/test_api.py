@@ -8,6 +8,7 @@ with PostgreSQL history. Every status code of the contract is provoked for real.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import torch
 from llmops_ocr import db
 from llmops_ocr.db import store
@@ -33,11 +36,14 @@ from llmops_ocr.model import CRNN, save_model_dir
 from llmops_ocr.synth import render_line, render_page
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 from sqlalchemy import URL, select
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 MAX_UPLOAD = 200_000
 START_TIMEOUT_S = 180.0
+SCHEMATHESIS_EXAMPLES = 25
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -603,3 +609,30 @@ def test_history_and_api_keys_on_postgresql(
     finally:
         stop_server(server)
         engine.dispose()
+
+
+# --- schemathesis: generated requests from the OpenAPI schema never get a 5xx ---------------
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_generated_requests_never_get_a_server_error(main: Main, mode: GenerationMode) -> None:
+    """Valid and invalid requests built from /openapi.json, with the service token."""
+    schema = schemathesis.openapi.from_url(f"{main.server.url}/openapi.json")
+    auth = {"Authorization": f"Bearer {main.server.token}"}
+
+    @hypothesis.given(case=schema.as_strategy(generation_mode=mode))
+    @hypothesis.settings(
+        max_examples=SCHEMATHESIS_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    def check(case: Any) -> None:
+        r = case.call_and_validate(headers=auth, checks=[not_a_server_error])
+        seen.append((case.operation.path, r.status_code))
+
+    seen: list[tuple[str, int]] = []
+    check()
+    print(sorted(collections.Counter(seen).items()))
+    assert any(path == "/v1/ocr" for path, _ in seen), seen

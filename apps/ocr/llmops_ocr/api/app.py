@@ -45,6 +45,9 @@ VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 # the recurrent layer's cost grows with width and one such line would pad a whole batch.
 MAX_LINE_WIDTH = 8192
 RETRY_AFTER_S = "1"
+# Decoders we expose to uploads; PIL knows formats without a magic number (TGA, ...) that would
+# take arbitrary bytes for an image.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
 
 
 class ModelRef(BaseModel):
@@ -143,7 +146,7 @@ def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise HTTPException(
@@ -159,7 +162,7 @@ def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise HTTPException(
-            415, "the upload is not an image PIL can read; send PNG, JPEG, TIFF, BMP or WebP"
+            415, "the upload is not an image; send PNG, JPEG, TIFF, BMP, GIF, WebP or PPM"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(
