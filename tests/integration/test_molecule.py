@@ -1,0 +1,38 @@
+"""Every Molecule scenario (molecule/<name>/molecule.yml) runs as one test: create on lab hosts,
+converge, idempotence, verify, destroy. New scenarios are picked up without editing this file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario: str, require_root: None) -> None:
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [f"{venv_bin}/molecule", "test", "-s", scenario],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr)[-8000:]
+        pytest.fail(f"molecule test -s {scenario} exited {proc.returncode}:\n{output}")
+
+
+def test_scenarios_found() -> None:
+    assert "lab-smoke" in SCENARIOS, f"no molecule/lab-smoke/molecule.yml under {REPO}"
