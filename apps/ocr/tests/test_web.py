@@ -312,3 +312,26 @@ def test_expired_session_needs_a_new_login(web) -> None:  # type: ignore[no-unty
         )
     r = c.get("/upload")
     assert r.status_code == 302 and r.headers["Location"].startswith("/login")
+
+
+def test_login_rate_limit_per_client_address(web) -> None:  # type: ignore[no-untyped-def]
+    """Guessing across many user names from one address is stopped too; the address is the
+    client's as the load balancer reports it (X-Forwarded-For)."""
+    attacker = {"X-Forwarded-For": "203.0.113.9"}
+    c = web.client()
+    csrf = csrf_of(c.get("/login").text)
+    for i in range(20):
+        r = c.post(
+            "/login",
+            data={"username": f"user{i}", "password": "guess", "csrf_token": csrf},
+            headers=attacker,
+        )
+        assert r.status_code == 401
+    r = c.post(
+        "/login",
+        data={"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": csrf},
+        headers=attacker,
+    )
+    assert r.status_code == 429
+    other = web.client()
+    assert login(other).status_code == 302  # someone else, elsewhere, is not locked out
