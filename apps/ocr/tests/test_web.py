@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from conftest import free_port
 from llmops_ocr import db
 from llmops_ocr.db import store
+from llmops_ocr.web.app import create_app
 from PIL import Image
 from sqlalchemy import URL, update
 from webutil import ADMIN_PASSWORD, csrf_of, login, make_web
@@ -335,3 +337,13 @@ def test_login_rate_limit_per_client_address(web) -> None:  # type: ignore[no-un
     assert r.status_code == 429
     other = web.client()
     assert login(other).status_code == 302  # someone else, elsewhere, is not locked out
+
+
+def test_short_session_key_is_refused(tmp_path: Path, sqlite_url: URL) -> None:
+    from llmops_ocr.config import ConfigError
+
+    web = make_web(tmp_path, sqlite_url, migrate=False)
+    (web.credentials / "session-key").write_text("short\n")
+    cfg = json.loads(web.config_path.read_text())
+    with pytest.raises(ConfigError, match="'session-key' is too short"):
+        create_app(cfg, credentials_dir=web.credentials)

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from llmops_ocr.config import load_config, read_credential
+from llmops_ocr.config import ConfigError, load_config, read_credential
 from llmops_ocr.db import make_engine, make_sessionmaker, store, url_from_config
 from llmops_ocr.web import auth, metrics
 from llmops_ocr.web.api_client import ApiError, OcrClient
@@ -94,8 +94,14 @@ def create_app(
     insecure = _truthy(os.environ.get(INSECURE_COOKIES_ENV, env_cfg.get(INSECURE_COOKIES_ENV, "")))
     lifetime = dt.timedelta(minutes=int(cfg.get("session_lifetime_minutes", 60)))
     max_upload = int(cfg.get("max_upload_bytes", 10 * 1024 * 1024))
+    secret = read_credential("session-key", creds) or ""
+    if len(secret) < 32:
+        raise ConfigError(
+            "credential 'session-key' is too short to sign sessions safely: use at least 32 "
+            "random characters (the controller generates 64)"
+        )
     app.config.update(
-        SECRET_KEY=read_credential("session-key", creds),
+        SECRET_KEY=secret,
         SESSION_COOKIE_NAME="llmops_session",
         SESSION_COOKIE_SECURE=not insecure,
         SESSION_COOKIE_HTTPONLY=True,
