@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +39,18 @@ def _detail(resp: httpx.Response) -> str:
 class OcrClient:
     """Posts images to ``{api_url}/v1/ocr``; one pooled connection set per worker process."""
 
-    def __init__(self, api_url: str, token: str, timeout_s: float) -> None:
+    def __init__(
+        self, api_url: str, token: str, timeout_s: float, ca_file: str | None = None
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.timeout_s = timeout_s
+        # An https api_url behind the lb's self-signed CA is trusted through that CA alone.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
         self._client = httpx.Client(
             base_url=self.api_url,
+            verify=verify,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
             follow_redirects=False,

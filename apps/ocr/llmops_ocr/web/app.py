@@ -117,6 +117,7 @@ def create_app(
         str(cfg.get("api_url", "http://127.0.0.1:8000")),
         read_credential("api-token", creds) or "",
         float(cfg.get("api_timeout_s", 30)),
+        ca_file=cfg.get("api_ca_file"),
     )
     limit = auth.RateLimit()
     app.extensions["llmops"] = {"engine": engine, "client": client, "config": cfg}
