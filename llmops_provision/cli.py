@@ -182,6 +182,46 @@ def _add_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=deploy.cmd_restore)
 
 
+def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`test INVENTORY` -- owned by checks.py (issue 6)."""
+    from llmops_provision import checks
+
+    p = sub.add_parser(
+        "test",
+        help="health and functional probes of every service (the seed's test_servers)",
+        description="Probe each host's services from this machine: health endpoints and ports "
+        "(server_types), an OCR request with a known image, a web login round trip, SELECT 1 "
+        "on PostgreSQL, HTTPS through the lb with the inventory's CA, every Prometheus target "
+        "up. One line per check; exit 1 if any failed, 2 if the inventory is invalid.",
+    )
+    checks.add_test_options(p)
+    p.set_defaults(func=checks.cmd_test)
+
+
+def _add_start(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`start SERVER_TYPE` -- owned by local.py (issue 6)."""
+    from llmops_provision import local
+
+    p = sub.add_parser(
+        "start",
+        help="provision one server type on this machine (the seed's start_server.sh; root)",
+        description="Apply playbooks/<type>.yml to this machine (connection local): the type's "
+        "config template with <config-dir>/<type>.json over it; web and api from a bundle of "
+        "--app-dir. Needs root and systemd as PID 1 (e.g. inside a lab host).",
+    )
+    local.add_start_options(p)
+    p.set_defaults(func=local.cmd_start)
+
+
+def _add_stop(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`stop SERVER_TYPE` -- owned by local.py (issue 6)."""
+    from llmops_provision import local
+
+    p = sub.add_parser("stop", help="stop and disable one server type's units on this machine")
+    p.add_argument("server_type", metavar="SERVER_TYPE", choices=tuple(local.UNITS))
+    p.set_defaults(func=local.cmd_stop)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmops-provision",
@@ -199,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_backup(sub)
     _add_restore(sub)
+    _add_test(sub)
+    _add_start(sub)
+    _add_stop(sub)
     return parser
 
 
