@@ -30,8 +30,13 @@ def test_concurrent_submits_are_batched_and_answered_in_order() -> None:
     batches: list[int] = []
     b = DynamicBatcher(_echo(batches), max_batch_size=8, max_wait_ms=200, max_queue=64)
 
+    async def request(r: int) -> list[tuple[str, float]]:
+        with b.incoming():  # reading and preprocessing the upload
+            await asyncio.sleep(0.01 * r)
+        return await b.submit([f"{r}-{i}" for i in range(2)])
+
     async def main() -> list[list[tuple[str, float]]]:
-        return await asyncio.gather(*(b.submit([f"{r}-{i}" for i in range(2)]) for r in range(6)))
+        return await asyncio.gather(*(request(r) for r in range(6)))
 
     try:
         results = asyncio.run(main())
@@ -41,6 +46,17 @@ def test_concurrent_submits_are_batched_and_answered_in_order() -> None:
     assert sum(batches) == 12
     assert max(batches) == 8  # requests shared model calls, capped at max_batch_size
     assert len(batches) == 2
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    batches: list[int] = []
+    b = DynamicBatcher(_echo(batches), max_batch_size=8, max_wait_ms=5000, max_queue=8)
+    try:
+        started = time.monotonic()
+        assert asyncio.run(b.submit(["only"])) == [("only", 0.5)]
+        assert time.monotonic() - started < 2.5  # far below max_wait_ms
+    finally:
+        b.close()
 
 
 def test_full_queue_refuses_but_empty_queue_admits_a_big_request() -> None:

@@ -197,6 +197,12 @@ def _prepare(lm: LoadedModel, img: Image.Image, mode: str) -> tuple[list[Any], l
     return tensors, boxes
 
 
+def _decode_and_prepare(
+    lm: LoadedModel, data: bytes, mode: str, max_pixels: int
+) -> tuple[list[Any], list[list[int]]]:
+    return _prepare(lm, _decode_image(data, max_pixels), mode)
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API application; settings default to the config at ``$LLMOPS_CONFIG``."""
     settings = settings or ApiSettings.load()
@@ -381,9 +387,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                     "known_versions": known,
                 },
             )
-        data = await _read_upload(request, settings.max_upload_bytes)
-        img = await asyncio.to_thread(_decode_image, data, settings.max_image_pixels)
-        tensors, boxes = await asyncio.to_thread(_prepare, lm, img, mode)
+        with lm.batcher.incoming():
+            data = await _read_upload(request, settings.max_upload_bytes)
+            tensors, boxes = await asyncio.to_thread(
+                _decode_and_prepare, lm, data, mode, settings.max_image_pixels
+            )
         try:
             results = await lm.batcher.submit(tensors)
         except QueueFullError as exc:

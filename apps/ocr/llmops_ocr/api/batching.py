@@ -2,8 +2,9 @@
 
 Requests put their preprocessed line tensors on a bounded queue and await futures; one inference
 thread per model version takes up to ``max_batch_size`` items, waiting at most ``max_wait_ms``
-after the first one, runs a single padded forward pass and resolves the futures on the event
-loop. The event loop never runs the model itself.
+after the first one -- and only while other requests are known to be on their way (see
+``incoming``), so a lone request is not delayed -- runs a single padded forward pass and
+resolves the futures on the event loop. The event loop never runs the model itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,7 @@ class DynamicBatcher:
         self._items: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._incoming = 0  # requests still reading or preprocessing, whose lines will follow
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -94,6 +96,19 @@ class DynamicBatcher:
     def qsize(self) -> int:
         with self._cond:
             return len(self._items)
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request whose lines are being prepared: a batch waits for them (up to
+        max_wait_ms), while with nobody on the way a lone line is run at once."""
+        with self._cond:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming -= 1
+                self._cond.notify()
 
     async def submit(self, tensors: Sequence[Any]) -> list[tuple[str, float]]:
         """Queue all tensors of one request at once and wait for their results (in order).
@@ -128,7 +143,9 @@ class DynamicBatcher:
             if not self._items:
                 return None
             deadline = self._items[0].enqueued + self.max_wait_s
-            while len(self._items) < self.max_batch_size and not self._stopping:
+            while (
+                len(self._items) < self.max_batch_size and self._incoming > 0 and not self._stopping
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
