@@ -333,7 +333,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             table.add_row(
                 host if i == 0 else "",
                 types if i == 0 else "",
-                unit.get("Id", "?"),
+                unit.get("Id", "?").removesuffix(".service"),
                 f"[{style}]{state}[/] ({unit.get('UnitFileState', '')})",
                 release if i == 0 else "",
             )

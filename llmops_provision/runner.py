@@ -150,7 +150,8 @@ def _render_diff(diff: Any) -> str:
                 before.splitlines(keepends=True),
                 after.splitlines(keepends=True),
                 fromfile=str(item.get("before_header", "before")),
-                tofile=str(item.get("after_header", "after")),
+                # after_header of a template is a temp file on the controller: name the target
+                tofile=str(item.get("before_header", "after")) + " (planned)",
             )
         )
     return "\n".join(out)
@@ -207,7 +208,12 @@ class EventCollector:
             summary.ok += 1
             if res.get("changed"):
                 summary.changed += 1
-                self.changes.append(Change(host, task, _render_diff(res.get("diff"))))
+                diffs = [res.get("diff")]
+                results = res.get("results")
+                if isinstance(results, list):  # a loop: each changed item has its own diff
+                    diffs += [r.get("diff") for r in results if isinstance(r, Mapping)]
+                text = "\n".join(t for t in (_render_diff(d) for d in diffs if d) if t)
+                self.changes.append(Change(host, task, text))
             if data.get("task_action") in _DEBUG_ACTIONS and "msg" in res:
                 self.messages.append((host, task, str(res["msg"])))
         elif kind == "runner_on_failed":
