@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -152,10 +153,11 @@ def _bundle(app_dir: str, console: Console) -> dict[str, Any]:
     }
 
 
-def _print_errors(console: Console, errors: list[ValidationError]) -> None:
+def _print_errors(errors: list[ValidationError]) -> None:
+    # plain print: rich would wrap long paths in the middle
     for error in errors:
-        console.print(f"error: {error}", markup=False, highlight=False)
-    console.print(f"{len(errors)} error(s); nothing was changed.", highlight=False)
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{len(errors)} error(s); nothing was changed.", file=sys.stderr)
 
 
 def start_vars(
@@ -175,7 +177,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from llmops_provision.deploy import ensure_secrets, secrets_dir
     from llmops_provision.runner import print_result, run_playbook
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     server_type = args.server_type
     try:
         config = local_config(server_type, args.config_dir)
@@ -189,7 +191,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         elif args.app_dir:
             console.print(f"note: --app-dir is not used by server type {server_type}")
     except InvalidInput as exc:
-        _print_errors(console, exc.errors)
+        _print_errors(exc.errors)
         return 2
     if os.geteuid() != 0:
         console.print("error: start installs system services: run it as root (sudo).")
@@ -238,7 +240,7 @@ def installed_units(units: tuple[str, ...]) -> list[str]:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """``stop SERVER_TYPE``: stop and disable the type's units on this machine."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if not Path("/run/systemd/system").is_dir():
         console.print("error: stop needs systemd as PID 1; this machine has none.")
         return 2
