@@ -19,7 +19,7 @@ from torch import nn
 from .charset import CHARSET
 
 INPUT_HEIGHT = 32
-DEFAULT_ARCH: dict[str, Any] = {"channels": [32, 64, 96, 128], "hidden": 128, "lstm_layers": 2}
+DEFAULT_ARCH: dict[str, Any] = {"channels": [16, 32, 64, 96], "hidden": 96, "lstm_layers": 2}
 WIDTH_STRIDE = 4
 MIN_WIDTH = 16
 
@@ -150,7 +150,7 @@ def preprocess_array(img: Image.Image) -> np.ndarray:
         x0, x1 = max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)
         a = a[:, x0:x1]
         h, w = a.shape
-    new_w = max(MIN_WIDTH, int(round(w * INPUT_HEIGHT / h)))
+    new_w = max(MIN_WIDTH, round(w * INPUT_HEIGHT / h))
     resized = Image.fromarray((a * 255).astype(np.uint8)).resize(
         (new_w, INPUT_HEIGHT), Image.Resampling.BILINEAR
     )

@@ -27,10 +27,10 @@ def rotate_box(box: Box, angle: float, w: int, h: int) -> Box:
         xs.append(cx + dx * ca + dy * sa)
         ys.append(cy - dx * sa + dy * ca)
     return (
-        max(0, int(math.floor(min(xs)))),
-        max(0, int(math.floor(min(ys)))),
-        min(w, int(math.ceil(max(xs)))),
-        min(h, int(math.ceil(max(ys)))),
+        max(0, math.floor(min(xs))),
+        max(0, math.floor(min(ys))),
+        min(w, math.ceil(max(xs))),
+        min(h, math.ceil(max(ys))),
     )
 
 

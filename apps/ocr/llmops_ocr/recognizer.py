@@ -90,7 +90,6 @@ class Recognizer:
                 char_probs[-1] = max(char_probs[-1], float(p))
             prev = k
         if char_probs:
-            conf = min(char_probs)
-        else:
-            conf = float(probs.mean()) if len(probs) else 0.0
+            return text, round(min(char_probs), 4)
+        conf = float(probs.mean()) if len(probs) else 0.0
         return text, round(conf, 4)

@@ -131,7 +131,8 @@ def _token(rng: random.Random, words: tuple[str, ...]) -> str:
         lambda: f"https://www.{w.lower()}.{rng.choice(_TLDS)}/{rng.choice(words).lower()}",
         lambda: f"#{rng.randint(1, 99999)}",
         lambda: (
-            f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.randint(0, 999)}-{rng.randint(0, 9999):04d}"
+            f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.randint(0, 999)}"
+            f"-{rng.randint(0, 9999):04d}"
         ),
         lambda: f"No. {rng.randint(1, 999)}",
         lambda: f"{rng.randint(1, 20)} x {rng.uniform(0, 99):.2f}",
