@@ -1,4 +1,4 @@
-"""Prometheus metrics of the inference API.
+"""Prometheus metrics of the inference API (names and labels: docs/CONTRACTS.md "Metrics").
 
 Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker imports prometheus_client
 (see ``llmops_ocr.api.gunicorn_conf``), so every worker writes its samples to that directory and
@@ -29,40 +29,42 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 REQUESTS = Counter(
     "llmops_api_requests_total",
-    "HTTP requests answered, by route template (handler), method and status code.",
-    ["handler", "method", "status"],
+    "HTTP requests answered, by method, route template and status code.",
+    ["method", "route", "status"],
 )
 REQUEST_SECONDS = Histogram(
     "llmops_api_request_duration_seconds",
-    "Time from request start to the end of the response, by route template (handler).",
-    ["handler"],
+    "Time from request start to the end of the response, by route template.",
+    ["route"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "llmops_api_batch_size",
     "Line crops per model call (dynamic batching across requests).",
+    ["model_version"],
     buckets=BATCH_BUCKETS,
 )
 QUEUE_WAIT = Histogram(
     "llmops_api_queue_wait_seconds",
     "Time a line crop waited in the batch queue before its model call started.",
+    ["model_version"],
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_SECONDS = Histogram(
     "llmops_api_inference_seconds",
-    "Duration of one batched model call, by model version.",
-    ["version"],
+    "Duration of one batched model call.",
+    ["model_version"],
     buckets=LATENCY_BUCKETS,
 )
 LINES = Counter(
     "llmops_api_lines_total",
-    "Text lines recognised, by model version.",
-    ["version"],
+    "Text lines recognised.",
+    ["model_version"],
 )
 MODEL_LOAD_SECONDS = Gauge(
     "llmops_api_model_load_seconds",
     "Seconds it took to load (and verify) a model version, slowest live worker.",
-    ["version"],
+    ["model_version"],
     multiprocess_mode="livemax",
 )
 READY_WORKERS = Gauge(
@@ -87,11 +89,12 @@ HISTORY_WRITTEN = Counter(
 
 def observe_batch(version: str, size: int, waits: list[float], seconds: float) -> None:
     """Record one batched model call."""
-    BATCH_SIZE.observe(size)
+    BATCH_SIZE.labels(version).observe(size)
     INFERENCE_SECONDS.labels(version).observe(seconds)
     LINES.labels(version).inc(size)
+    wait = QUEUE_WAIT.labels(version)
     for w in waits:
-        QUEUE_WAIT.observe(w)
+        wait.observe(w)
 
 
 def render() -> tuple[bytes, str]:
@@ -134,6 +137,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            handler = _route_of(self.router_app, scope)
-            REQUESTS.labels(handler, scope["method"], str(status)).inc()
-            REQUEST_SECONDS.labels(handler).observe(time.perf_counter() - started)
+            route = _route_of(self.router_app, scope)
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
