@@ -23,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -142,7 +143,9 @@ class Network:
         self.via = via
         self.timeout = timeout
         self._tunnels: dict[tuple[str, str, int], _Tunnel] = {}
-        self._direct_ok: dict[tuple[str, int], bool] = {}
+        self._direct_error: dict[tuple[str, int], str | None] = {}
+        self._ssh_broken: dict[str, str] = {}  # host -> why ssh failed (fail fast afterwards)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Stop every SSH tunnel this object started."""
@@ -163,13 +166,13 @@ class Network:
 
     def _direct_reachable(self, address: str, port: int) -> bool:
         key = (address, port)
-        if key not in self._direct_ok:
+        if key not in self._direct_error:
             try:
                 with socket.create_connection((address, port), timeout=min(3.0, self.timeout)):
-                    self._direct_ok[key] = True
-            except OSError:
-                self._direct_ok[key] = False
-        return self._direct_ok[key]
+                    self._direct_error[key] = None
+            except OSError as exc:
+                self._direct_error[key] = _describe_error(exc)
+        return self._direct_error[key] is None
 
     def use_ssh(self, access: HostAccess, port: int) -> bool:
         """Whether connections to ``port`` of the host go through SSH."""
@@ -185,8 +188,21 @@ class Network:
         if not self.use_ssh(access, port):
             return access.address, port, ""
         target = target or access.address
-        local = self._tunnel(access, target, port)
+        with self._lock:
+            if access.name in self._ssh_broken:
+                raise OSError(self._unreachable(access, port, self._ssh_broken[access.name]))
+            try:
+                local = self._tunnel(access, target, port)
+            except OSError as exc:
+                self._ssh_broken[access.name] = str(exc)
+                raise OSError(self._unreachable(access, port, str(exc))) from None
         return "127.0.0.1", local, f" (through ssh to {access.name})"
+
+    def _unreachable(self, access: HostAccess, port: int, ssh_error: str) -> str:
+        direct = self._direct_error.get((access.address, port))
+        if direct is None:
+            return ssh_error
+        return f"port {port} not reachable directly ({direct}), and {ssh_error}"
 
     def _tunnel(self, access: HostAccess, target: str, port: int) -> int:
         key = (access.name, target, port)
