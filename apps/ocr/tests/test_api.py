@@ -454,6 +454,19 @@ def test_metrics_count_every_worker(main: Main) -> None:
         assert metric(after, "llmops_api_model_load_seconds", model_version=v) > 0
 
 
+def test_models_are_loaded_in_the_workers_never_in_the_master(main: Main) -> None:
+    """No preload: the gunicorn master has not even imported torch; each worker has."""
+    master = main.server.proc.pid
+
+    def has_torch(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+    workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    assert len(workers) == 2
+    assert not has_torch(master)
+    assert all(has_torch(w) for w in workers)
+
+
 def test_history_lands_in_sqlite(main: Main, api: httpx.Client) -> None:
     r = api.post(
         "/v1/ocr",
