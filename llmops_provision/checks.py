@@ -390,7 +390,7 @@ def _timed(service: Service, name: str, net: Network, fn: ProbeFn) -> CheckResul
         host=service.access.name,
         check=name,
         ok=ok,
-        detail=detail,
+        detail=" ".join(detail.split()),  # one line per check, whatever a library said
         elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
     )
 
