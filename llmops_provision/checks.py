@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -676,13 +676,13 @@ def services_of(
     inventory: Any,
     configs: Mapping[str, Mapping[str, Mapping[str, Any]]],
     secrets_dir: Path,
-    server_type: str | None = None,
+    server_types: Collection[str] = (),
 ) -> list[Service]:
     """Every (host, server type) of a validated inventory, in inventory order."""
     accesses = {h: host_access(inventory, h) for h in inventory.hosts}
     services: list[Service] = []
     for type_name in REGISTRY:
-        if server_type and type_name != server_type:
+        if server_types and type_name not in server_types:
             continue
         for host in inventory.hosts_of(type_name):
             services.append(
@@ -722,10 +722,11 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"{len(exc.errors)} error(s) in the inventory; nothing was probed.", file=sys.stderr)
         return 2
     directory = Path(args.secrets_dir) if args.secrets_dir else secrets_dir(target.name)
-    services = services_of(target.inventory, target.configs, directory, args.server_type)
+    wanted = args.server_type or []
+    services = services_of(target.inventory, target.configs, directory, wanted)
     if not services:
         print(
-            f"error: {args.inventory}: no host runs server type {args.server_type!r}; "
+            f"error: {args.inventory}: no host runs server type {', '.join(wanted)}; "
             "add one to its group or pick another --server-type",
             file=sys.stderr,
         )
@@ -758,7 +759,10 @@ def add_test_options(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``test`` (shared with the ``test_servers.py`` shim through the CLI)."""
     parser.add_argument("inventory", metavar="INVENTORY", help="Ansible YAML inventory")
     parser.add_argument(
-        "--server-type", choices=tuple(REGISTRY), help="only the services of this type"
+        "--server-type",
+        action="append",
+        choices=tuple(REGISTRY),
+        help="only the services of this type (repeatable)",
     )
     parser.add_argument(
         "--format", choices=("text", "json"), default="text", help="output for people or machines"

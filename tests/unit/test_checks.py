@@ -441,13 +441,16 @@ def test_cli_test_exit_codes_and_formats(
     assert len(out) == 5 and all(line.startswith("ok ") for line in out[:4])
     assert out[-1].startswith("4 checks on 1 services") and out[-1].endswith("all passed")
 
-    assert cli.main(["test", str(inv), "--server-type", "api", "--format", "json", *common]) == 1
+    argv = ["test", str(inv), "--server-type", "api", "--server-type", "web", "--format", "json"]
+    assert cli.main([*argv, *common]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and report["inventory"] == "loop"
     assert {r["check"] for r in report["results"]} >= {"api healthz", "api ocr request"}
-    first = report["results"][0]
+    by_type = {t: [r for r in report["results"] if r["server_type"] == t] for t in ("web", "api")}
+    assert all(r["ok"] for r in by_type["web"]) and not any(r["ok"] for r in by_type["api"])
+    first = by_type["api"][0]
     assert set(first) == {"server_type", "host", "check", "ok", "detail", "elapsed_ms"}
-    assert first["host"] == "api1" and not first["ok"]
+    assert first["host"] == "api1" and "refused" in first["detail"]
 
 
 def test_cli_test_refuses_an_invalid_inventory(
