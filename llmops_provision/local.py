@@ -179,15 +179,13 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, soft_wrap=True)
     server_type = args.server_type
+    app_dir = args.app_dir or str(project_root() / "apps" / "ocr")
     try:
         config = local_config(server_type, args.config_dir)
-        bundle: dict[str, Any] = {}
         if server_type in _APP_TYPES:
-            app_dir = args.app_dir or str(project_root() / "apps" / "ocr")
             problems = REGISTRY[server_type].verify_app(app_dir)
             if problems:
                 raise InvalidInput(problems)
-            bundle = _bundle(app_dir, console)
         elif args.app_dir:
             console.print(f"note: --app-dir is not used by server type {server_type}")
     except InvalidInput as exc:
@@ -202,6 +200,13 @@ def cmd_start(args: argparse.Namespace) -> int:
             "`llmops-provision lab ssh HOST`); this machine has none."
         )
         return 2
+    bundle: dict[str, Any] = {}
+    if server_type in _APP_TYPES:
+        try:
+            bundle = _bundle(app_dir, console)
+        except InvalidInput as exc:
+            _print_errors(exc.errors)
+            return 2
     made = ensure_secrets(LOCAL_INVENTORY_NAME)
     if made:
         console.print(f"generated credentials {', '.join(made)} in {secrets_dir('local')}")
