@@ -40,6 +40,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms_per_line: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -49,12 +50,36 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
-def summarise(latencies: list[float], seconds: float, errors: int) -> Result:
+@dataclass
+class Sample:
+    latencies: list[float]
+    seconds: float
+    errors: int
+    cpu_s: float = 0.0  # CPU time the serving processes used (robust to other load)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes ``pids`` so far (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def summarise(samples: list[Sample]) -> Result:
+    latencies = [x for s in samples for x in s.latencies]
     return Result(
-        len(latencies) / seconds,
+        len(latencies) / sum(s.seconds for s in samples),
         percentile(latencies, 50) * 1000,
         percentile(latencies, 99) * 1000,
-        errors,
+        sum(s.errors for s in samples),
+        1000 * sum(s.cpu_s for s in samples) / max(1, len(latencies)),
     )
 
 
@@ -134,14 +159,14 @@ def _child_run(job: tuple[int, int, float, float]) -> tuple[list[float], float]:
 
 def run_in_process(
     pool: Any, workers: int, concurrency: int, max_batch: int, seconds: float
-) -> Result:
+) -> Sample:
     """``concurrency`` lines in flight, spread over up to ``workers`` processes."""
     procs = min(workers, concurrency)
     start_at = time.time() + 0.5
     jobs = [(concurrency // procs, max_batch, start_at, seconds) for _ in range(procs)]
     results = pool.map(_child_run, jobs, chunksize=1)
     latencies = [x for lat, _ in results for x in lat]
-    return summarise(latencies, max(t for _, t in results), 0)
+    return Sample(latencies, max(t for _, t in results), 0)
 
 
 # --- through the API ------------------------------------------------------------------------
@@ -166,7 +191,7 @@ def http_request(port: int, token: str, data: bytes) -> bytes:
     return head + body
 
 
-async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: float) -> Result:
+async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: float) -> Sample:
     latencies: list[float] = []
     errors = 0
     end = time.perf_counter() + seconds
@@ -198,7 +223,7 @@ async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: f
 
     started = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return summarise(latencies, time.perf_counter() - started, errors)
+    return Sample(latencies, time.perf_counter() - started, errors)
 
 
 def free_port() -> int:
@@ -280,7 +305,8 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per cell")
+    ap.add_argument("--seconds", type=float, default=12.0, help="measuring time per cell")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating slices per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads-per-worker", type=int, default=1)
@@ -317,15 +343,27 @@ def main() -> None:
         f"{args.seconds:.0f} s per cell; line images of up to 32 characters (PNG)"
     )
     rows = []
+    pool_pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
+    api_pids = children(proc.pid)
     try:
         # Warm both paths once (thread pools, connections, allocator).
         run_in_process(pool, args.workers, 4, args.max_batch_size, 1.0)
         asyncio.run(run_api(port, requests, 4, 1.0))
         for c in args.concurrency:
-            inproc = run_in_process(pool, args.workers, c, args.max_batch_size, args.seconds)
+            # Alternate short slices of both, so that load from other processes on the machine
+            # falls on both sides alike.
+            ins, outs = [], []
             n0, s0 = batch_stats(url)
-            api = asyncio.run(run_api(port, requests, c, args.seconds))
+            for _ in range(args.rounds):
+                piece = args.seconds / args.rounds
+                cpu0 = cpu_seconds(pool_pids)
+                ins.append(run_in_process(pool, args.workers, c, args.max_batch_size, piece))
+                ins[-1].cpu_s = cpu_seconds(pool_pids) - cpu0
+                cpu0 = cpu_seconds(api_pids)
+                outs.append(asyncio.run(run_api(port, requests, c, piece)))
+                outs[-1].cpu_s = cpu_seconds(api_pids) - cpu0
             n1, s1 = batch_stats(url)
+            inproc, api = summarise(ins), summarise(outs)
             mean_batch = (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan")
             rows.append((c, inproc, api, mean_batch))
             print(
@@ -342,16 +380,23 @@ def main() -> None:
 
     print()
     print(
-        "| concurrency | in-process lines/s | p50 ms | p99 ms | API lines/s | p50 ms | p99 ms "
-        "| API mean batch | API / in-process |"
+        "| concurrency | in-process lines/s | p50 ms | p99 ms | CPU ms/line "
+        "| API lines/s | p50 ms | p99 ms | CPU ms/line | API mean batch "
+        "| API / in-process (lines/s) | (CPU per line) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c, a, b, mb in rows:
         print(
             f"| {c} | {a.lines_per_s:.1f} | {a.p50_ms:.1f} | {a.p99_ms:.1f} "
-            f"| {b.lines_per_s:.1f} | {b.p50_ms:.1f} | {b.p99_ms:.1f} | {mb:.1f} "
-            f"| {b.lines_per_s / a.lines_per_s:.0%} |"
+            f"| {a.cpu_ms_per_line:.1f} | {b.lines_per_s:.1f} | {b.p50_ms:.1f} "
+            f"| {b.p99_ms:.1f} | {b.cpu_ms_per_line:.1f} | {mb:.1f} "
+            f"| {b.lines_per_s / a.lines_per_s:.0%} "
+            f"| {a.cpu_ms_per_line / b.cpu_ms_per_line:.0%} |"
         )
+    print(
+        "(CPU per line = in-process CPU ms/line / API CPU ms/line: the throughput ratio when both "
+        "have the CPUs to themselves; robust to other load on the machine)"
+    )
     errs = sum(a.errors + b.errors for _, a, b, _ in rows)
     if errs:
         print(f"errors: {errs} requests failed")
