@@ -168,8 +168,27 @@ def start_vars(
         "llmops_effective_configs": {LOCAL_HOST: {server_type: dict(config)}},
         "llmops_secrets_dir": str(secrets_dir),
         "llmops_inventory_name": LOCAL_INVENTORY_NAME,
+        # the firewall is made from a whole inventory's hosts (apply); one machine alone would
+        # close the service's port to every client, so start leaves the firewall as it is
+        "common_firewall_enabled": False,
         **bundle,
     }
+
+
+def start_playbook(server_type: str) -> list[dict[str, Any]]:
+    """The base of the host (users, groups, credstore, node_exporter: roles/common), then the
+    type's playbook."""
+    playbooks = project_root() / "playbooks"
+    return [
+        {
+            "name": "Base of this machine",
+            "ansible.builtin.import_playbook": str(playbooks / "common.yml"),
+        },
+        {
+            "name": f"Server type {server_type}",
+            "ansible.builtin.import_playbook": str(playbooks / f"{server_type}.yml"),
+        },
+    ]
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -214,8 +233,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="llmops-start-") as tmp:
         inventory = Path(tmp) / "local.yml"
         inventory.write_text(yaml.safe_dump(local_inventory(server_type, address)))
+        playbook = Path(tmp) / f"start-{server_type}.yml"
+        playbook.write_text(yaml.safe_dump(start_playbook(server_type), sort_keys=False))
         result = run_playbook(
-            f"playbooks/{server_type}.yml",
+            str(playbook),  # absolute: the runner's project_root() / playbook keeps it
             inventory,
             extra_vars=start_vars(server_type, config, secrets_dir(LOCAL_INVENTORY_NAME), bundle),
             show_progress=not args.no_progress,

@@ -84,5 +84,14 @@ def test_local_inventory_and_vars() -> None:
     assert extra["llmops_bundle"] == "/b.tar.gz" and extra["llmops_secrets_dir"] == "/s"
 
 
+def test_start_runs_the_base_then_the_type() -> None:
+    plays = local.start_playbook("db")
+    paths = [Path(p["ansible.builtin.import_playbook"]) for p in plays]
+    assert [p.name for p in paths] == ["common.yml", "db.yml"]
+    assert all(p.is_absolute() and p.is_file() for p in paths)
+    extra = local.start_vars("db", REGISTRY["db"].template(), Path("/s"), {})
+    assert extra["common_firewall_enabled"] is False
+
+
 def test_stop_knows_every_type() -> None:
     assert set(local.UNITS) == set(REGISTRY)
