@@ -24,7 +24,7 @@ from rich.table import Table
 
 from llmops_provision.errors import InvalidInput, ValidationError
 from llmops_provision.inventory import Inventory, load_inventory
-from llmops_provision.runner import RunResult, print_result, run_playbook
+from llmops_provision.runner import RunResult, print_result, run_playbook, state_dir
 from llmops_provision.schemas import project_root
 from llmops_provision.server_types import REGISTRY
 
@@ -68,8 +68,8 @@ def load_target(path: str | Path) -> Target:
 
 
 def secrets_dir(inventory_name: str) -> Path:
-    """``.llmops/secrets/<inventory-name>/`` of the project (0700)."""
-    return project_root() / ".llmops" / "secrets" / inventory_name
+    """``.llmops/secrets/<inventory-name>/`` (0700; see runner.state_dir)."""
+    return state_dir() / "secrets" / inventory_name
 
 
 def ensure_secrets(inventory_name: str, names: Sequence[str] = CREDENTIALS) -> list[str]:
@@ -154,7 +154,7 @@ def _bundle_vars(args: argparse.Namespace, target: Target, console: Console) -> 
 
 def _record(target: Target, record: Mapping[str, Any]) -> Path:
     """Append a deployment record to ``.llmops/deployments/<inventory>.jsonl``."""
-    directory = project_root() / ".llmops" / "deployments"
+    directory = state_dir() / "deployments"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{target.name}.jsonl"
     with path.open("a", encoding="utf-8") as fh:
@@ -164,7 +164,7 @@ def _record(target: Target, record: Mapping[str, Any]) -> Path:
 
 def last_deployment(inventory_name: str) -> dict[str, Any] | None:
     """The newest deployment record of an inventory, if any."""
-    path = project_root() / ".llmops" / "deployments" / f"{inventory_name}.jsonl"
+    path = state_dir() / "deployments" / f"{inventory_name}.jsonl"
     if not path.is_file():
         return None
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

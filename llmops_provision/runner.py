@@ -285,9 +285,18 @@ def summary_table(hosts: Sequence[HostSummary], title: str = "") -> Table:
     return table
 
 
+def state_dir() -> Path:
+    """The controller's state: ``$LLMOPS_STATE_DIR``, else ``.llmops/`` in the project (gitignored).
+
+    Holds ``secrets/<inventory>/``, ``deployments/<inventory>.jsonl`` and ``logs/``.
+    """
+    env = os.environ.get("LLMOPS_STATE_DIR")
+    return Path(env) if env else project_root() / ".llmops"
+
+
 def logs_dir() -> Path:
-    """Where the plain-text output of runs is kept (gitignored, 0700)."""
-    path = project_root() / ".llmops" / "logs"
+    """Where the plain-text output of runs is kept (0700)."""
+    path = state_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 

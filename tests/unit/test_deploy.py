@@ -13,7 +13,7 @@ from llmops_provision import cli, deploy
 @pytest.fixture()
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """deploy.py writes under the project root: point it at a temp dir."""
-    monkeypatch.setattr(deploy, "project_root", lambda: tmp_path)
+    monkeypatch.setenv("LLMOPS_STATE_DIR", str(tmp_path / ".llmops"))
     return tmp_path
 
 
