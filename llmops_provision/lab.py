@@ -83,6 +83,8 @@ echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' >> /etc/apt/apt.conf.d
 # Nothing periodic in lab hosts: it costs CPU and makes runs less reproducible.
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
   dpkg-db-backup.timer man-db.timer systemd-tmpfiles-clean.timer >/dev/null 2>&1
+# nspawn mounts the root itself; remounting it per /etc/fstab only fails now and then under load.
+systemctl mask systemd-remount-fs.service >/dev/null 2>&1
 # Pre-seeded services stay off until a role turns them on.
 systemctl disable prometheus-node-exporter.service systemd-journal-remote.socket \
   systemd-journal-upload.service >/dev/null 2>&1 || true
@@ -101,7 +103,12 @@ BOOT_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 # systemd-nspawn exits with 133 when the container's systemd asked for a reboot.
+# Each host gets cgroups of its own first: with --keep-unit nspawn boots the host in the caller's
+# cgroup, and hosts sharing one trample on each other's units (random "219/CGROUP" failures).
 _SUPERVISOR = r"""
+for cg in $LLMOPS_LAB_CGROUPS; do
+  mkdir -p "$cg" && echo $$ > "$cg/cgroup.procs" || echo "llmops-lab: cannot use cgroup $cg"
+done
 stop=0
 child=
 trap 'stop=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
@@ -300,7 +307,8 @@ class HostStatus:
     name: str
     address: str
     state: str
-    memory_mb: float | None
+    memory_mb: float | None  # PSS of the host's processes
+    cgroup_mb: float | None = None  # its memory cgroup's usage minus inactive page cache
 
 
 # --------------------------------------------------------------------------- helpers
@@ -698,6 +706,14 @@ def _write_inventory(lab: Lab) -> None:
                     rewrite(child)
 
         rewrite(inv["all"])
+        # Addresses named in vars (e.g. an api_url) move to this lab's subnet with their hosts.
+        old_addr = {h.name: h.address for h in _read_inventory(Path(lab.source))[1]}
+        moves = {old_addr[n]: a for n, a in addresses.items() if old_addr.get(n) not in (None, a)}
+        if moves:
+            pattern = re.compile(
+                r"(?<![\d.])(" + "|".join(re.escape(a) for a in moves) + r")(?![\d])"
+            )
+            inv = _map_strings(inv, lambda text: pattern.sub(lambda m: moves[m.group(1)], text))
         inv["all"]["vars"] = {**(inv["all"].get("vars") or {}), **ssh_vars}
     else:
         inv = {
@@ -711,7 +727,22 @@ def _write_inventory(lab: Lab) -> None:
                 g: {"hosts": dict.fromkeys(members)} for g, members in lab.groups.items()
             }
     header = f"# Written by `llmops-provision lab up --name {lab.name}`; rewritten on every up.\n"
-    lab.inventory_path.write_text(header + yaml.safe_dump(inv, sort_keys=False))
+    lab.inventory_path.write_text(header + yaml.dump(inv, Dumper=_NoAliasDumper, sort_keys=False))
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _map_strings(node: Any, func: Callable[[str], str]) -> Any:
+    if isinstance(node, str):
+        return func(node)
+    if isinstance(node, dict):
+        return {k: _map_strings(v, func) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_strings(v, func) for v in node]
+    return node
 
 
 # --------------------------------------------------------------------------- processes
@@ -894,6 +925,58 @@ def _prepare_host(lab: Lab, host: Host, rootfs: Path, pubkey: str) -> None:
         )
 
 
+def _host_cgroups(lab: Lab, host: str) -> list[Path]:
+    """Per-host cgroup dirs below ours: systemd's own hierarchies (named v1 ``name=systemd`` and
+    cgroup2) plus the v1 memory controller, which also gives the host's memory use."""
+    mounts: dict[str, Path] = {}
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            fstype, opts = fields[fields.index("-") + 1], fields[-1].split(",")
+            if fstype == "cgroup2":
+                mounts.setdefault("", Path(fields[4]))
+            elif fstype == "cgroup":
+                for key in ("name=systemd", "memory"):
+                    if key in opts:
+                        mounts.setdefault(key, Path(fields[4]))
+    dirs = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for key in controllers.split(",") if controllers else [""]:
+            if key in mounts:
+                dirs.append(mounts[key] / path.lstrip("/") / "llmops-lab" / lab.machine(host))
+    return dirs
+
+
+def _recorded_cgroups(lab: Lab, host: str) -> list[Path]:
+    """The cgroups the host was booted in (recorded: they depend on who ran `lab up`)."""
+    try:
+        return [Path(p) for p in (lab.host_dir(host) / "cgroups").read_text().split()]
+    except OSError:
+        return _host_cgroups(lab, host)
+
+
+def _remove_cgroups(lab: Lab, host: str) -> None:
+    for top in _recorded_cgroups(lab, host):
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+        with contextlib.suppress(OSError):
+            os.rmdir(top.parent)  # llmops-lab/, once no host uses it
+
+
+def _cgroup_memory_mb(lab: Lab, host: str) -> float | None:
+    for d in _recorded_cgroups(lab, host):
+        usage = d / "memory.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError):
+            stat = dict(ln.split() for ln in (d / "memory.stat").read_text().splitlines())
+            # Like `free`: what the host uses without the page cache it could give back.
+            return (int(usage.read_text()) - int(stat.get("total_inactive_file", 0))) / 2**20
+    return None
+
+
 def _boot_host(lab: Lab, host: Host) -> None:
     hd = lab.host_dir(host.name)
     argv = [
@@ -913,12 +996,21 @@ def _boot_host(lab: Lab, host: Host) -> None:
         "--link-journal=no",
         "--console=read-only",
     ]  # fmt: skip
+    cgroups = " ".join(map(str, _host_cgroups(lab, host.name)))
+    (hd / "cgroups").write_text(cgroups + "\n")
+    env = {**os.environ, "LLMOPS_LAB_CGROUPS": cgroups}
     with open(hd / "console.log", "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, env=env,
         )  # fmt: skip
     (hd / "pid").write_text(f"{proc.pid}\n")
+    # Until the child has exec'd bash its cmdline is ours, and _supervisor_pid would not know it.
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _supervisor_pid(lab, host.name) is not None:
+            break
+        time.sleep(0.01)
 
 
 def _console_tail(lab: Lab, host: str, lines: int = 15) -> str:
@@ -954,8 +1046,11 @@ def wait_ready(lab: Lab, host: str, timeout: float = BOOT_TIMEOUT_S) -> float:
             return time.monotonic() - started
         if state in ("degraded", "maintenance", "stopping"):
             failed = lab.run(host, "systemctl --failed --no-legend --plain", check=False).stdout
+            units = " ".join(f"-u {line.split()[0]}" for line in failed.splitlines() if line)
+            journal = lab.run(host, f"journalctl -b --no-pager -n 30 {units}", check=False).stdout
             raise LabError(
                 f"{host}: systemd reports {state!r}; failed units:\n{failed.strip()}\n"
+                f"{journal.strip()}\n"
                 f"see `llmops-provision lab ssh --name {lab.name} {host} journalctl -b`"
             )
         last = (proc.stderr or state).strip()
@@ -989,9 +1084,27 @@ def _stop_host(lab: Lab, host: str, timeout: float = STOP_TIMEOUT_S) -> None:
     init = _container_init(lab, host)
     if init is not None:
         _kill(init, signal.SIGKILL)
+    # The host's cgroups catch what the netns cannot (e.g. a host whose netns is already gone).
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_container_init(lab, host) or _nspawn_pids(lab, host)):
+    while time.monotonic() < deadline:
+        left = _cgroup_pids(lab, host) + _nspawn_pids(lab, host)
+        if not left and _container_init(lab, host) is None:
+            break
+        for pid in left:
+            _kill(pid, signal.SIGKILL)
         time.sleep(0.05)
+
+
+def _cgroup_pids(lab: Lab, host: str) -> list[int]:
+    pids: set[int] = set()
+    for top in _recorded_cgroups(lab, host):
+        for dirpath, _dirs, files in os.walk(top):
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError, ValueError):
+                    text = Path(dirpath, "cgroup.procs").read_text()
+                    pids.update(int(p) for p in text.split())
+    pids.discard(os.getpid())
+    return sorted(pids)
 
 
 def _harvest_debs(upper: Path) -> None:
@@ -1022,6 +1135,7 @@ def _teardown(lab: Lab, hosts: Sequence[str]) -> None:
             _sh("ip", "netns", "delete", lab.netns(h), check=False)
         with contextlib.suppress(OSError):
             os.rmdir(f"/run/systemd/nspawn/propagate/{lab.machine(h)}")
+        _remove_cgroups(lab, h)
         _harvest_debs(lab.host_dir(h) / "upper")
     # Host ends of veths vanish with their namespace; a crashed run may have left some behind.
     for link in os.listdir("/sys/class/net"):
@@ -1188,7 +1302,9 @@ def status(name: str = DEFAULT_NAME) -> list[HostStatus]:
             state = out.stdout.strip() or "no ssh"
         except subprocess.TimeoutExpired:
             state = "no answer"
-        return HostStatus(h.name, h.address, state, _memory_mb(init))
+        return HostStatus(
+            h.name, h.address, state, _memory_mb(init), _cgroup_memory_mb(lab, h.name)
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, len(lab.hosts))) as pool:
         return list(pool.map(one, lab.hosts))
@@ -1248,11 +1364,13 @@ def _table(lab: Lab, rows: Sequence[HostStatus]) -> None:
     from rich.table import Table
 
     table = Table(title=f"lab {lab.name}  ({lab.subnet}, bridge {lab.bridge})")
-    for col in ("host", "address", "groups", "state", "memory (PSS)"):
+    for col in ("host", "address", "groups", "state", "memory (PSS / cgroup)"):
         table.add_column(col)
     groups = {h.name: ",".join(h.groups) for h in lab.hosts}
     for r in rows:
         mem = f"{r.memory_mb:.0f} MB" if r.memory_mb is not None else "-"
+        if r.cgroup_mb is not None:
+            mem += f" / {r.cgroup_mb:.0f} MB"
         style = "green" if r.state == "running" else "red"
         table.add_row(r.name, r.address, groups.get(r.name, ""), f"[{style}]{r.state}[/]", mem)
     Console().print(table)
@@ -1310,7 +1428,10 @@ def cli_status(args: Any) -> int:
         rows = status(name)
         if args.json:
             data = lab.to_json()
-            data["status"] = {r.name: {"state": r.state, "memory_mb": r.memory_mb} for r in rows}
+            data["status"] = {
+                r.name: {"state": r.state, "memory_mb": r.memory_mb, "cgroup_mb": r.cgroup_mb}
+                for r in rows
+            }
             print(json.dumps(data, indent=2))
         else:
             _table(lab, rows)

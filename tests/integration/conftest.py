@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -27,21 +28,26 @@ def require_root() -> None:
 
 @pytest.fixture(scope="session")
 def lab_factory(require_root: None) -> Iterator[LabFactory]:
-    """``lab_factory(name, hosts, groups=None, fresh=True) -> Lab``; every lab it started is
-    taken down at the end of the test session (also when tests failed)."""
+    """``lab_factory(name, hosts=[...] | inventory=path, groups=None, fresh=True) -> Lab``.
+
+    With ``inventory`` (e.g. ``inventory/lab.yml``) the lab copies its topology, groups and vars
+    into its own subnet; ``lab.inventory_path`` is that copy. Every lab it started is taken down
+    at the end of the test session (also when tests failed)."""
     started: list[str] = []
 
     def make(
         name: str,
-        hosts: Sequence[str],
+        hosts: Sequence[str] | None = None,
         groups: Mapping[str, Sequence[str]] | None = None,
         fresh: bool = True,
+        inventory: str | os.PathLike[str] | None = None,
     ) -> labmod.Lab:
         if name not in started:
             started.append(name)
         return labmod.up(
             name,
             hosts=hosts,
+            inventory=Path(inventory) if inventory is not None else None,
             groups=groups,
             fresh=fresh,
             progress=lambda msg: print(msg, file=sys.stderr),

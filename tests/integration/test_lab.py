@@ -72,6 +72,11 @@ def leftovers(name: str) -> list[str]:
             continue
         if f"/run/netns/llmops-{name}-" in cmd or f"{state}/" in cmd:
             found.append(f"process {pid}: {cmd[:120]}")
+    cgroups = subprocess.run(
+        ["find", "/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", f"{name}-*"],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    found += [f"cgroup {ln}" for ln in cgroups.splitlines() if "/llmops-lab/" in ln]
     if state.exists():
         found.append(f"state dir {state}")
     return found
