@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 
 from llmops_provision.errors import InvalidInput, ValidationError
+from llmops_provision.runner import RunResult
 from llmops_provision.schemas import merge_mode, project_root
 from llmops_provision.server_types import REGISTRY
 
@@ -119,19 +120,47 @@ def local_address() -> str:
             return "127.0.0.1"
 
 
-def local_inventory(server_type: str, address: str) -> dict[str, Any]:
-    """An inventory with this machine as the only host of the type's group (connection local)."""
+def local_inventory(
+    server_type: str, address: str, connection: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """An inventory with this machine as the only host of the type's group (connection local;
+    ``connection`` replaces those vars, e.g. to reach a lab host over SSH in tests)."""
     groups: dict[str, Any] = {name: {"hosts": {}} for name in REGISTRY}
-    groups[server_type] = {
-        "hosts": {
-            LOCAL_HOST: {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "llmops_address": address,
-            }
-        }
-    }
+    how = (
+        dict(connection)
+        if connection is not None
+        else {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
+    )
+    groups[server_type] = {"hosts": {LOCAL_HOST: {**how, "llmops_address": address}}}
     return {"all": {"vars": {"llmops_environment": "dev"}, "children": groups}}
+
+
+def run_start(
+    server_type: str,
+    config: Mapping[str, Any],
+    bundle: Mapping[str, Any],
+    address: str,
+    *,
+    connection: Mapping[str, Any] | None = None,
+    show_progress: bool = False,
+) -> RunResult:
+    """Run roles/common and the type's playbook on this machine through the runner."""
+    from llmops_provision.deploy import ensure_secrets, secrets_dir
+    from llmops_provision.runner import run_playbook
+
+    ensure_secrets(LOCAL_INVENTORY_NAME)
+    with tempfile.TemporaryDirectory(prefix="llmops-start-") as tmp:
+        inventory = Path(tmp) / "local.yml"
+        inventory.write_text(yaml.safe_dump(local_inventory(server_type, address, connection)))
+        playbook = Path(tmp) / f"start-{server_type}.yml"
+        playbook.write_text(yaml.safe_dump(start_playbook(server_type), sort_keys=False))
+        return run_playbook(
+            str(playbook),  # absolute: the runner's project_root() / playbook keeps it
+            inventory,
+            extra_vars=start_vars(server_type, config, secrets_dir(LOCAL_INVENTORY_NAME), bundle),
+            show_progress=show_progress,
+            log_name=f"local-start-{server_type}",
+        )
 
 
 def _bundle(app_dir: str, console: Console) -> dict[str, Any]:
@@ -193,8 +222,7 @@ def start_playbook(server_type: str) -> list[dict[str, Any]]:
 
 def cmd_start(args: argparse.Namespace) -> int:
     """``start SERVER_TYPE [--config-dir DIR] [--app-dir DIR]``: provision it on this machine."""
-    from llmops_provision.deploy import ensure_secrets, secrets_dir
-    from llmops_provision.runner import print_result, run_playbook
+    from llmops_provision.runner import print_result
 
     console = Console(stderr=True, soft_wrap=True)
     server_type = args.server_type
@@ -226,22 +254,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         except InvalidInput as exc:
             _print_errors(exc.errors)
             return 2
-    made = ensure_secrets(LOCAL_INVENTORY_NAME)
-    if made:
-        console.print(f"generated credentials {', '.join(made)} in {secrets_dir('local')}")
     address = args.address or local_address()
-    with tempfile.TemporaryDirectory(prefix="llmops-start-") as tmp:
-        inventory = Path(tmp) / "local.yml"
-        inventory.write_text(yaml.safe_dump(local_inventory(server_type, address)))
-        playbook = Path(tmp) / f"start-{server_type}.yml"
-        playbook.write_text(yaml.safe_dump(start_playbook(server_type), sort_keys=False))
-        result = run_playbook(
-            str(playbook),  # absolute: the runner's project_root() / playbook keeps it
-            inventory,
-            extra_vars=start_vars(server_type, config, secrets_dir(LOCAL_INVENTORY_NAME), bundle),
-            show_progress=not args.no_progress,
-            log_name=f"local-start-{server_type}",
-        )
+    result = run_start(server_type, config, bundle, address, show_progress=not args.no_progress)
     print_result(result, console, title=f"start {server_type} on this machine ({address})")
     if result.ok:
         print(json.dumps({"server_type": server_type, "address": address, "port": config["port"]}))
