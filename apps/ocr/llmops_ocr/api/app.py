@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -205,6 +206,7 @@ def _decode_and_prepare(
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API application; settings default to the config at ``$LLMOPS_CONFIG``."""
+    _configure_logging()
     settings = settings or ApiSettings.load()
     token = read_credential("api-token")
     assert token is not None
@@ -472,6 +474,18 @@ async def _read_upload(request: HttpRequest, limit: int) -> bytes:
         return await upload.read()
     finally:
         await form.close()
+
+
+def _configure_logging() -> None:
+    """Our log lines go to stderr (the journal under systemd) at $LOG_LEVEL, default info."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else "INFO",
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _package_version() -> str:
