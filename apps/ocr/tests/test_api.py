@@ -441,6 +441,7 @@ def test_metrics_count_every_worker(main: Main) -> None:
     for _ in range(n):  # new connections: gunicorn spreads them over both workers
         assert httpx.get(f"{main.server.url}/healthz").status_code == 200
         assert httpx.post(f"{main.server.url}/v1/ocr").status_code == 401
+    assert httpx.get(f"{main.server.url}/no/such/{secrets.token_hex(4)}").status_code == 404
     after = main.server.metrics()
 
     def delta(name: str, **labels: str) -> float:
@@ -449,6 +450,8 @@ def test_metrics_count_every_worker(main: Main) -> None:
     assert delta("llmops_api_requests_total", method="GET", route="/healthz", status="200") == n
     assert delta("llmops_api_requests_total", method="POST", route="/v1/ocr", status="401") == n
     assert delta("llmops_api_request_duration_seconds_count", route="/healthz") == n
+    # Unknown paths share one label value, whatever their path.
+    assert delta("llmops_api_requests_total", route="other", status="404") == 1
     assert metric(after, "llmops_api_ready_workers") == 2
     for v in ("0.9.0", "1.0.0"):
         assert metric(after, "llmops_api_model_load_seconds", model_version=v) > 0

@@ -262,7 +262,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api = state
-    app.add_middleware(metrics.MetricsMiddleware, router_app=app)
+    app.add_middleware(metrics.MetricsMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def bad_params(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
