@@ -325,6 +325,10 @@ class Http:
                 set_cookies=resp.headers.get_all("Set-Cookie") or [],
                 body=data,
             )
+        except (OSError, http.client.HTTPException) as exc:
+            if not note:
+                raise
+            raise OSError(_describe_error(exc) + note) from exc
         finally:
             conn.close()
         # The web app's cookies are Secure; the probe keeps them itself so that a plain-HTTP

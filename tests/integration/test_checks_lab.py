@@ -150,6 +150,8 @@ def test_probes_through_ssh_and_a_stopped_service_fails(
     by_check = {r["check"]: r for r in report["results"]}  # type: ignore[union-attr]
     assert by_check["prometheus ready"]["ok"] and by_check["prometheus targets up"]["ok"]
     assert not by_check["alertmanager ready"]["ok"]
+    detail = by_check["alertmanager ready"]["detail"]
+    assert "connection closed without a reply" in detail and "through ssh to chk1" in detail
     assert not by_check["journal-remote port open"]["ok"]
     assert "closed" in by_check["journal-remote port open"]["detail"]
 
