@@ -570,7 +570,9 @@ def test_api_key_with_database_down_is_503_not_500(hung_db: Server) -> None:
 
 
 def test_full_queue_answers_503_with_retry_after(hung_db: Server) -> None:
-    texts = [f"line number {i} of a long page" for i in range(12)]
+    # 24 lines run one at a time (max_batch_size 1): the queue stays busy long enough for the
+    # other requests to find it full.
+    texts = [f"line number {i} of a long page with words" for i in range(24)]
     page = png(render_page(texts, seed=3, noise=False)[0])
     assert len(page) < MAX_UPLOAD
 
