@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import http.client
 import json
 import re
@@ -187,6 +188,12 @@ class Network:
         tunnel leads on the host (default: the host's own address)."""
         if not self.use_ssh(access, port):
             return access.address, port, ""
+        return self.endpoint_via_ssh(access, port, target)
+
+    def endpoint_via_ssh(
+        self, access: HostAccess, port: int, target: str = ""
+    ) -> tuple[str, int, str]:
+        """Like :meth:`endpoint`, always through an SSH tunnel."""
         target = target or access.address
         with self._lock:
             if access.name in self._ssh_broken:
@@ -344,6 +351,8 @@ def _describe_error(exc: BaseException) -> str:
         return f"TLS certificate not trusted: {exc.verify_message or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (service down or port closed by the firewall)"
+    if isinstance(exc, OSError) and exc.errno == errno.EHOSTUNREACH:
+        return "no route to host (host down, or its firewall refuses this machine)"
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
     if isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError):
@@ -605,12 +614,12 @@ def probe_db_select(service: Service, net: Network) -> tuple[bool, str]:
 
 
 def _db_endpoint(service: Service, net: Network, port: int) -> tuple[str, int, str]:
-    """PostgreSQL admits only the web/api hosts (pg_hba) and localhost: through SSH, connect
-    from the db host's loopback."""
+    """PostgreSQL admits only the web/api hosts (pg_hba) and localhost, never the controller:
+    unless told ``direct``, connect through SSH from the db host's loopback."""
     access = service.access
-    if not net.use_ssh(access, port):
+    if net.via == "direct" or not access.has_ssh:
         return access.address, port, ""
-    return net.endpoint(access, port, target="127.0.0.1")
+    return net.endpoint_via_ssh(access, port, target="127.0.0.1")
 
 
 def probe_prometheus_targets(service: Service, net: Network) -> tuple[bool, str]:
