@@ -174,6 +174,7 @@ class Lab:
     base: str = ""
     groups: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""  # the inventory file the hosts came from, if any
+    naming: int = 2  # 1: labs started before netns/machine names got a '.' between lab and host
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -210,10 +211,11 @@ class Lab:
         return self.host(name).address
 
     def netns(self, host: str) -> str:
-        return f"llmops-{self.name}-{host}"
+        # '.' is in no lab or host name, so lab "a" host "b-c" never meets lab "a-b" host "c".
+        return f"llmops-{self.name}-{host}" if self.naming == 1 else f"llmops-{self.name}.{host}"
 
     def machine(self, host: str) -> str:
-        return f"{self.name}-{host}"[:64]
+        return (f"{self.name}-{host}" if self.naming == 1 else f"{self.name}.{host}")[:64]
 
     def veth(self, host: str) -> str:
         return f"llv{self.index}h{[h.name for h in self.hosts].index(host)}"
@@ -284,6 +286,7 @@ class Lab:
             ],
             "groups": self.groups,
             "source": self.source,
+            "naming": self.naming,
         }
 
     @classmethod
@@ -297,6 +300,7 @@ class Lab:
             ],
             groups={k: list(v) for k, v in data.get("groups", {}).items()},
             source=data.get("source", ""),
+            naming=int(data.get("naming", 1)),
         )
 
 
@@ -1158,8 +1162,8 @@ def _stale_hosts(lab: Lab) -> list[str]:
     hosts_root = lab.state_dir / "hosts"
     if hosts_root.is_dir():
         names |= {d.name for d in hosts_root.iterdir() if d.is_dir()}
-    for ns in os.listdir("/run/netns") if Path("/run/netns").is_dir() else []:
-        prefix = f"llmops-{lab.name}-"
+    prefix = f"llmops-{lab.name}."
+    for ns in _listdir("/run/netns"):
         if ns.startswith(prefix):
             names.add(ns[len(prefix) :])
     return sorted(names)
@@ -1273,7 +1277,7 @@ def down(name: str = DEFAULT_NAME) -> bool:
             lab = load(name)
         except LabError:
             if not lab_path.exists() and not any(
-                ns.startswith(f"llmops-{name}-") for ns in _listdir("/run/netns")
+                ns.startswith(f"llmops-{name}.") for ns in _listdir("/run/netns")
             ):
                 return False
             lab = Lab(name=name, index=0 if name == DEFAULT_NAME else -1, hosts=[])
