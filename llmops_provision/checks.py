@@ -16,6 +16,7 @@ import contextlib
 import errno
 import http.client
 import json
+import os
 import re
 import secrets as pysecrets
 import shlex
@@ -748,23 +749,27 @@ def cmd_test(args: argparse.Namespace) -> int:
     results = run_checks(services, via=args.via, timeout=args.timeout)
     seconds = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
-    if args.format == "json":
-        print(
-            json.dumps(
-                {
-                    "inventory": target.name,
-                    "ok": not failed,
-                    "seconds": round(seconds, 2),
-                    "results": [r.to_json() for r in results],
-                },
-                indent=2,
+    try:
+        if args.format == "json":
+            print(
+                json.dumps(
+                    {
+                        "inventory": target.name,
+                        "ok": not failed,
+                        "seconds": round(seconds, 2),
+                        "results": [r.to_json() for r in results],
+                    },
+                    indent=2,
+                )
             )
-        )
-    else:
-        for result in results:
-            print(format_line(result), flush=True)
-        verdict = "all passed" if not failed else f"{len(failed)} FAILED"
-        print(f"{len(results)} checks on {len(services)} services in {seconds:.1f}s: {verdict}")
+        else:
+            for result in results:
+                print(format_line(result), flush=True)
+            verdict = "all passed" if not failed else f"{len(failed)} FAILED"
+            print(f"{len(results)} checks on {len(services)} services in {seconds:.1f}s: {verdict}")
+    except BrokenPipeError:
+        # the reader went away (`| head`): keep the exit status, write nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return exit_code(results)
 
 
