@@ -498,7 +498,7 @@ def ocr_image() -> tuple[bytes, str]:
         buf = io.BytesIO()
         render_line(OCR_TEXT, seed=0, augment=False).save(buf, format="PNG")
         return buf.getvalue(), OCR_TEXT
-    except ImportError:
+    except (ImportError, OSError, ValueError, IndexError):  # no llmops_ocr, or no usable font
         return (project_root() / OCR_IMAGE_FALLBACK).read_bytes(), OCR_TEXT
 
 
