@@ -19,7 +19,7 @@ from torch import nn
 from .charset import CHARSET
 
 INPUT_HEIGHT = 32
-DEFAULT_ARCH: dict[str, Any] = {"channels": [16, 32, 64, 96], "hidden": 96, "lstm_layers": 2}
+DEFAULT_ARCH: dict[str, Any] = {"channels": [16, 32, 64, 96], "hidden": 128, "lstm_layers": 2}
 WIDTH_STRIDE = 4
 MIN_WIDTH = 16
 
@@ -61,14 +61,43 @@ class CRNN(nn.Module):
         self.dropout = nn.Dropout(0.1)
         self.fc = nn.Linear(2 * hidden, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, 1, 32, W) -> log-probs (N, W/4, num_classes)."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, 1, 32, W) -> log-probs (N, W/4, num_classes).
+
+        With `lengths` (time steps per line) the LSTM skips each line's padding, so a short line
+        reads the same whatever it is batched with.
+        """
         f = self.conv(x)  # N, C, 2, T
         n, c, h, t = f.shape
         f = f.permute(0, 3, 1, 2).reshape(n, t, c * h)
         f = self.proj(f)
-        f, _ = self.rnn(f)
+        if lengths is None:
+            f, _ = self.rnn(f)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                f, lengths.clamp(1, t).cpu(), batch_first=True, enforce_sorted=False
+            )
+            f, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], True, total_length=t)
         return torch.log_softmax(self.fc(self.dropout(f)), dim=-1)
+
+
+def fuse_for_inference(model: CRNN) -> CRNN:
+    """Fold each BatchNorm into the convolution before it (same outputs, less work); eval only."""
+    model.eval()
+    layers = list(model.conv)
+    fused: list[nn.Module] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
+            fused.append(nn.utils.fusion.fuse_conv_bn_eval(layer, nxt))
+            i += 2
+        else:
+            fused.append(layer)
+            i += 1
+    model.conv = nn.Sequential(*fused)
+    return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .charset import Codec
-from .model import CRNN, build_model, pad_batch, preprocess_array, sha256_file
+from .model import CRNN, build_model, fuse_for_inference, pad_batch, preprocess_array, sha256_file
 
 
 class ModelDirError(RuntimeError):
@@ -54,7 +54,7 @@ class Recognizer:
         model = build_model(metadata)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        return cls(model, metadata)
+        return cls(fuse_for_inference(model), metadata)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """A line image -> float tensor 1 x 32 x W (ink 1, background 0)."""
@@ -66,7 +66,7 @@ class Recognizer:
         if not tensors:
             return []
         batch, lengths = pad_batch([t.squeeze(0).numpy() for t in tensors])
-        logp = self.model(batch)  # N, T, C
+        logp = self.model(batch, lengths)  # N, T, C
         probs, best = logp.exp().max(dim=-1)
         out = []
         for i in range(len(tensors)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import itertools
 import math
 import multiprocessing as mp
@@ -39,7 +40,7 @@ VAL_SEED_BASE = 5 * 10**8
 Sample = tuple[np.ndarray, str]
 # Cached data sets are keyed by the code that renders and preprocesses them.
 _SRC_DIGEST = hashlib.sha256(
-    Path(synth.__file__).read_bytes() + (Path(__file__).parent / "model.py").read_bytes()
+    (inspect.getsource(synth) + inspect.getsource(preprocess_array)).encode()
 ).digest()
 
 
