@@ -56,7 +56,7 @@ def main() -> None:
         nproc = len(lab._container_pids(init)) if init else 0
         print(
             f"  {st.name:10} {st.state:8} PSS {st.memory_mb or 0:5.1f} MB  "
-            f"RSS {rss:5.1f} MB  {nproc} processes"
+            f"cgroup {st.cgroup_mb or 0:5.1f} MB  RSS {rss:5.1f} MB  {nproc} processes"
         )
     host = lb.hosts[0].name
     print(f"lab reboot {host}: {lab.reboot(args.name, host):.1f} s")
