@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -126,6 +126,25 @@ def test_ansible_reaches_hosts_with_the_written_inventory(pair: labmod.Lab) -> N
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("SUCCESS") == 2
+
+
+def test_up_again_reuses_the_running_lab(pair: labmod.Lab) -> None:
+    init = labmod._container_init(pair, "alpha")
+    proc = cli("lab", "up", "--name", "it-lab", "--hosts", "alpha,beta")
+    assert "reusing" in proc.stderr
+    assert labmod._container_init(pair, "alpha") == init
+
+
+def test_two_labs_side_by_side(pair: labmod.Lab, lab_factory: Callable[..., labmod.Lab]) -> None:
+    side = lab_factory("it-side", ["alpha"])
+    assert side.subnet != pair.subnet and side.bridge != pair.bridge
+    assert side.run("alpha", "hostname -I").stdout.split() == [side.address("alpha")]
+    assert pair.run("alpha", "hostname -I").stdout.split() == [pair.address("alpha")]
+    # The other lab's hosts are not in this lab's /etc/hosts.
+    assert side.run("alpha", "getent hosts beta", check=False).returncode != 0
+    labmod.down("it-side")
+    assert leftovers("it-side") == []
+    assert pair.run("alpha", "systemctl is-system-running").stdout.strip() == "running"
 
 
 def test_hosts_reach_each_other_by_name(pair: labmod.Lab) -> None:
