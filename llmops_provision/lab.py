@@ -536,21 +536,22 @@ def _used_indices(exclude: str) -> dict[int, str]:
     return used
 
 
-def _subnet_users(subnet: ipaddress.IPv4Network) -> list[str]:
-    """Interfaces or routes on this machine that already use ``subnet``."""
+def _subnet_users(subnet: ipaddress.IPv4Network, ignore: str = "") -> list[str]:
+    """Interfaces or routes on this machine that already use ``subnet`` (except device
+    ``ignore``: a lab's own bridge left by a crashed run, which up() replaces)."""
     users = []
     out = _sh("ip", "-j", "-4", "addr", "show").stdout
     for link in json.loads(out or "[]"):
         for a in link.get("addr_info", []):
             net = ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False)
-            if net.overlaps(subnet):
+            if net.overlaps(subnet) and link["ifname"] != ignore:
                 users.append(f"interface {link['ifname']} ({a['local']}/{a['prefixlen']})")
     routes = json.loads(_sh("ip", "-j", "-4", "route", "show").stdout or "[]")
     for r in routes:
         dst = r.get("dst", "")
         if dst and dst != "default":
             net = ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False)
-            if net.overlaps(subnet) and r.get("dev"):
+            if net.overlaps(subnet) and r.get("dev") and r["dev"] != ignore:
                 users.append(f"route {dst} via {r['dev']}")
     return users
 
@@ -599,7 +600,7 @@ def _plan(
         index = previous.index
     else:
         free = [i for i in range(1, 255) if i not in used]
-        index = next((i for i in free if not _subnet_users(_subnet(i))), -1)
+        index = next((i for i in free if not _subnet_users(_subnet(i), f"llmops{i}")), -1)
         if index < 0:
             raise LabError(
                 "no free lab subnet in 10.213.1-254.0/24: take down labs you no longer need"
@@ -611,7 +612,7 @@ def _plan(
             f"run `llmops-provision lab down --name {other}` or give this lab other addresses"
         )
     if previous is None or previous.index != index:
-        users = _subnet_users(_subnet(index))
+        users = _subnet_users(_subnet(index), f"llmops{index}")
         if users:
             raise LabError(
                 f"subnet {_subnet(index)} for lab {name!r} is already in use on this machine by "
@@ -845,8 +846,11 @@ def _remove_iptables(name: str) -> None:
 
 def _setup_network(lab: Lab) -> None:
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-    if not _link_exists(lab.bridge):
-        _sh("ip", "link", "add", lab.bridge, "type", "bridge")
+    # No live lab has this index (checked under the lock): links with its names are leftovers.
+    for link in _listdir("/sys/class/net"):
+        if link == lab.bridge or link.startswith(f"llv{lab.index}h"):
+            _sh("ip", "link", "delete", link, check=False)
+    _sh("ip", "link", "add", lab.bridge, "type", "bridge")
     _sh("ip", "addr", "replace", f"{lab.gateway}/24", "dev", lab.bridge)
     _sh("ip", "link", "set", lab.bridge, "up")
     for table, rule in _iptables_rules(lab):
