@@ -1,7 +1,8 @@
 """The held-out evaluation set: lines and pages the model never trained on.
 
 It shares neither text nor seeds with training: its text comes from the held-out 10% of the corpus
-(split by sentence hash, see synth.sentences) and its seeds start at 10**9 (training uses < 10**8).
+(split by sentence hash, see synth.sentences), its seeds start at 10**9 (training uses < 10**8),
+and a line whose text equals that of any training line (a short word can) is drawn again.
 Part of its lines are rendered by different software than the training generator: headless
 Chromium screenshots of HTML text (its own text shaping, hinting and anti-aliasing).
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import synth
+from . import synth, train
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = APP_DIR / "data" / "heldout"
@@ -62,11 +63,28 @@ def read_labels(d: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def synth_lines(n: int, seed_base: int) -> list[tuple[Image.Image, str]]:
+def training_texts(
+    n: int = train.DEFAULT_SAMPLES, n_val: int = train.DEFAULT_VAL_SAMPLES
+) -> frozenset[str]:
+    """The texts of the default training run (and its validation lines)."""
+    texts = {train.sample_text(train.TRAIN_SEED_BASE + i) for i in range(n)}
+    texts |= {train.sample_text(train.VAL_SEED_BASE + i) for i in range(n_val)}
+    return frozenset(texts)
+
+
+def _fresh(rng: random.Random, exclude: frozenset[str], max_chars: int) -> str:
+    """Held-out text that is not the text of any training line (short lines can coincide)."""
+    while True:
+        text = synth.make_text(rng, "heldout", max_chars=max_chars)
+        if text not in exclude:
+            return text
+
+
+def synth_lines(n: int, seed_base: int, exclude: frozenset[str]) -> list[tuple[Image.Image, str]]:
     out = []
     for i in range(n):
         seed = seed_base + i
-        text = synth.make_text(random.Random(seed * 2), "heldout")
+        text = _fresh(random.Random(seed * 2), exclude, 48)
         out.append((synth.render_line(text, seed=seed * 2 + 1), text))
     return out
 
@@ -87,7 +105,9 @@ def _web_style(rng: random.Random) -> tuple[str, int, int, tuple[int, int]]:
     return style, size, paper, (ink, paper)
 
 
-def chromium_lines(n: int, seed_base: int, per_shot: int = 40) -> list[tuple[Image.Image, str]]:
+def chromium_lines(
+    n: int, seed_base: int, exclude: frozenset[str], per_shot: int = 40
+) -> list[tuple[Image.Image, str]]:
     """Lines rendered by headless Chromium (one screenshot per `per_shot` lines)."""
     if not Path(CHROMIUM).exists():
         raise FileNotFoundError(f"{CHROMIUM}: not found; apt-get install chromium")
@@ -98,7 +118,7 @@ def chromium_lines(n: int, seed_base: int, per_shot: int = 40) -> list[tuple[Ima
         y = 0
         for i in range(start, min(n, start + per_shot)):
             rng = random.Random(seed_base + i)
-            text = synth.make_text(rng, "heldout", max_chars=40)
+            text = _fresh(rng, exclude, 40)
             style, size, paper, _ = _web_style(rng)
             h = int(size * rng.uniform(1.5, 2.2))
             pad = rng.randint(4, 30)
@@ -138,38 +158,46 @@ def chromium_lines(n: int, seed_base: int, per_shot: int = 40) -> list[tuple[Ima
     return out
 
 
-def pages(n: int, seed_base: int) -> list[tuple[Image.Image, list[str]]]:
+def pages(n: int, seed_base: int, exclude: frozenset[str]) -> list[tuple[Image.Image, list[str]]]:
     out = []
     for i in range(n):
         rng = random.Random(seed_base + i)
-        lines = [synth.make_text(rng, "heldout", max_chars=44) for _ in range(rng.randint(3, 10))]
+        lines = [_fresh(rng, exclude, 44) for _ in range(rng.randint(3, 10))]
         img, _ = synth.render_page(lines, seed=seed_base + i)
         out.append((img, lines))
     return out
 
 
 def build(
-    out_dir: Path = DEFAULT_DIR, n_synth: int = 400, n_web: int = 300, n_pages: int = 30
+    out_dir: Path = DEFAULT_DIR,
+    n_synth: int = 400,
+    n_web: int = 300,
+    n_pages: int = 30,
+    exclude: frozenset[str] | None = None,
 ) -> Path:
-    """Write the held-out set under out_dir (lines/ and pages/), replacing an older one."""
+    """Write the held-out set under out_dir (lines/ and pages/), replacing an older one.
+
+    `exclude`: texts no line may have; by default those of the default training run.
+    """
     lines_dir, pages_dir = out_dir / "lines", out_dir / "pages"
     for d in (lines_dir, pages_dir):
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
+    exclude = training_texts() if exclude is None else exclude
     rows = []
-    for i, (img, text) in enumerate(synth_lines(n_synth, SEED_BASE)):
+    for i, (img, text) in enumerate(synth_lines(n_synth, SEED_BASE, exclude)):
         name = f"synth-{i:04d}.png"
         img.save(lines_dir / name)
         rows.append((name, text))
     if n_web:
-        for i, (img, text) in enumerate(chromium_lines(n_web, SEED_BASE + 10**6)):
+        for i, (img, text) in enumerate(chromium_lines(n_web, SEED_BASE + 10**6, exclude)):
             name = f"web-{i:04d}.png"
             img.save(lines_dir / name)
             rows.append((name, text))
     write_labels(lines_dir, rows)
     prow = []
-    for i, (img, lines) in enumerate(pages(n_pages, SEED_BASE + 2 * 10**6)):
+    for i, (img, lines) in enumerate(pages(n_pages, SEED_BASE + 2 * 10**6, exclude)):
         name = f"page-{i:03d}.png"
         img.save(pages_dir / name)
         prow.append((name, "\\n".join(lines)))

@@ -187,7 +187,7 @@ def make_text(rng: random.Random, split: str = "train", max_chars: int = 48) -> 
             else:
                 parts.append(_token(rng, words))
         text = " ".join(parts)
-    elif k < 0.87:  # a label: value line, as on forms and invoices
+    elif k < 0.94:  # a label: value line, as on forms and invoices
         label = " ".join(rng.choice(words).capitalize() for _ in range(rng.randint(1, 2)))
         sep = rng.choice([": ", " - ", " = ", " ", ":\u0020\u0020"])
         text = label + sep + _token(rng, words)
@@ -251,7 +251,7 @@ def _augment(img: Image.Image, rng: random.Random, paper: int) -> Image.Image:
     if rng.random() < 0.4:  # lower resolution: text only a few pixels high
         w, h = img.size
         f = rng.uniform(0.35, 0.9)
-        if h * f >= 12:
+        if h * f >= 14:
             img = img.resize((max(1, int(w * f)), max(1, int(h * f))), Image.BILINEAR)
     if rng.random() < 0.3:  # defocus, never so strong that a person could not read it
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, max(0.4, img.size[1] / 40))))

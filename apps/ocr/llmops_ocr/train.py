@@ -30,12 +30,15 @@ from .model import CRNN, WIDTH_STRIDE, count_params, pad_batch, preprocess_array
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = APP_DIR / "models" / "crnn-ocr" / "1.0.0"
 CACHE_DIR = APP_DIR / "data" / "cache"
+CACHE_BLOCK = 10_000  # cached data set files hold this many lines
 MAX_WIDTH = 1200  # preprocessed pixels; longer lines are left out of training
 
 # Seed ranges of the splits never overlap: training samples use seeds below 10**8,
 # the held-out set (llmops_ocr.heldout) seeds from 10**9 on.
 TRAIN_SEED_BASE = 0
 VAL_SEED_BASE = 5 * 10**8
+DEFAULT_SAMPLES = 150_000
+DEFAULT_VAL_SAMPLES = 500
 
 Sample = tuple[np.ndarray, str]
 # Cached data sets are keyed by the code that renders and preprocesses them.
@@ -44,10 +47,14 @@ _SRC_DIGEST = hashlib.sha256(
 ).digest()
 
 
+def sample_text(seed: int, split: str = "train") -> str:
+    return synth.make_text(random.Random(seed * 2), split)
+
+
 def render_sample(args: tuple[int, str]) -> Sample:
     """Sample `seed` of a split: its text and its preprocessed image (uint8, 32 x W)."""
     seed, split = args
-    text = synth.make_text(random.Random(seed * 2), split)
+    text = sample_text(seed, split)
     img = synth.render_line(text, seed=seed * 2 + 1)
     arr = preprocess_array(img)
     return (arr * 255).round().astype(np.uint8), text
@@ -56,28 +63,38 @@ def render_sample(args: tuple[int, str]) -> Sample:
 def render_set(
     n: int, base: int, split: str = "train", workers: int = 2, cache: bool = True
 ) -> list[Sample]:
-    """Render samples base .. base+n-1 (cached on disk under apps/ocr/data/cache)."""
-    key = hashlib.sha256(f"{n}:{base}:{split}".encode() + _SRC_DIGEST).hexdigest()[:16]
-    path = CACHE_DIR / f"{split}-{base}-{n}-{key}.pkl"
-    if cache and path.is_file():
-        with open(path, "rb") as f:
-            data: list[Sample] = pickle.load(f)
-        return data
-    t0 = time.time()
-    jobs = [(base + i, split) for i in range(n)]
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            data = list(pool.imap(render_sample, jobs, chunksize=64))
-    else:
-        data = [render_sample(j) for j in jobs]
-    print(f"rendered {n} {split} lines in {time.time() - t0:.0f}s", flush=True)
-    if cache:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
-    return data
+    """Render samples base .. base+n-1, cached on disk in blocks under apps/ocr/data/cache."""
+    blocks = [(b, min(CACHE_BLOCK, base + n - b)) for b in range(base, base + n, CACHE_BLOCK)]
+    out: dict[int, list[Sample]] = {}
+    missing = []
+    for b, size in blocks:
+        key = hashlib.sha256(f"{size}:{b}:{split}".encode() + _SRC_DIGEST).hexdigest()[:16]
+        path = CACHE_DIR / f"{split}-{b}-{size}-{key}.pkl"
+        if cache and path.is_file():
+            with open(path, "rb") as f:
+                out[b] = pickle.load(f)
+        else:
+            missing.append((b, size, path))
+    if missing:
+        t0 = time.time()
+        jobs = [(b + i, split) for b, size, _ in missing for i in range(size)]
+        if workers > 1:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                rendered = list(pool.imap(render_sample, jobs, chunksize=64))
+        else:
+            rendered = [render_sample(j) for j in jobs]
+        print(f"rendered {len(jobs)} {split} lines in {time.time() - t0:.0f}s", flush=True)
+        pos = 0
+        for b, size, path in missing:
+            out[b] = rendered[pos : pos + size]
+            pos += size
+            if cache:
+                CACHE_DIR.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    pickle.dump(out[b], f, protocol=pickle.HIGHEST_PROTOCOL)
+                tmp.replace(path)
+    return [s for b, _ in blocks for s in out[b]]
 
 
 def _fits(arr: np.ndarray, text: str) -> bool:
@@ -191,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model version dir to write")
     p.add_argument("--name", default="crnn-ocr")
     p.add_argument("--version", default="1.0.0")
-    p.add_argument("--samples", type=int, default=80_000, help="distinct training lines")
-    p.add_argument("--steps", type=int, default=4000, help="optimiser steps")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="distinct training lines")
+    p.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)"
     )
-    p.add_argument("--val-samples", type=int, default=500)
+    p.add_argument("--val-samples", type=int, default=DEFAULT_VAL_SAMPLES)
     p.add_argument("--no-cache", action="store_true", help="re-render even if cached")
     args = p.parse_args(argv)
 
