@@ -10,6 +10,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import secrets
 import string
 import sys
@@ -33,6 +34,8 @@ CREDENTIALS: tuple[str, ...] = ("api-token", "db-password", "session-key", "admi
 _ALPHABET = string.ascii_letters + string.digits
 _SECRET_LENGTH = 40
 _BACKUP_MSG = "llmops_backup="
+# Names of backups the database role writes (llmops-db-backup): UTC time and the engine's suffix.
+BACKUP_NAME = re.compile(r"llmops-[0-9]{8}T[0-9]{6}Z\.(dump|sqlite3)")
 _STATUS_MSG = "llmops_status="
 
 
@@ -100,6 +103,13 @@ def _base_vars(target: Target) -> dict[str, Any]:
         "llmops_secrets_dir": str(secrets_dir(target.name)),
         "llmops_inventory_name": target.name,
     }
+
+
+def _playbooks(server_type: str | None) -> str | list[str]:
+    """site.yml, or for one server type the base playbook and that type's playbook."""
+    if server_type is None:
+        return "site.yml"
+    return ["playbooks/common.yml", f"playbooks/{server_type}.yml"]
 
 
 def _limit(server_type: str | None, limit: str | None) -> str | None:
@@ -191,7 +201,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         _err(console, f"generated credentials {', '.join(made)} in {secrets_dir(target.name)}")
     started = time.time()
     result = run_playbook(
-        "site.yml",
+        _playbooks(args.server_type),
         target.path,
         extra_vars={**_base_vars(target), **bundle_vars},
         limit=_limit(args.server_type, args.limit),
@@ -226,7 +236,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 2
     ensure_secrets(target.name)
     result = run_playbook(
-        "site.yml",
+        _playbooks(args.server_type),
         target.path,
         extra_vars=_base_vars(target),
         limit=_limit(args.server_type, args.limit),
@@ -287,6 +297,9 @@ def status_rows(result: RunResult) -> dict[str, dict[str, Any]]:
         if msg.startswith(_STATUS_MSG):
             data = json.loads(msg[len(_STATUS_MSG) :])
             data["units"] = parse_units(str(data.get("units", "")))
+            for probe in data.get("probes", []):
+                # uri's "Status code was -1 and not [200]: Request failed: <urlopen error X>"
+                probe["detail"] = str(probe["detail"]).rsplit("Request failed: ", 1)[-1]
             rows[host] = data
     for failure in result.failures:
         rows.setdefault(
@@ -382,6 +395,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     """``restore INVENTORY --from NAME``: restore a backup with web and api stopped around it."""
     console = Console(stderr=True)
+    if not BACKUP_NAME.fullmatch(args.from_):
+        _err(
+            console,
+            f"error: --from {args.from_!r} is not a backup name (allowed: "
+            "llmops-YYYYmmddTHHMMSSZ.dump or .sqlite3, as printed by `llmops-provision backup`); "
+            "nothing was changed on any host.",
+        )
+        return 2
     target = _validated(args, console)
     if target is None:
         return 2

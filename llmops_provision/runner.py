@@ -332,7 +332,7 @@ class _Interrupt:
 
 
 def run_playbook(
-    playbook: str,
+    playbook: str | Sequence[str],
     inventory: str | Path,
     *,
     extra_vars: Mapping[str, Any] | None = None,
@@ -344,7 +344,7 @@ def run_playbook(
     show_progress: bool = True,
     log_name: str = "",
 ) -> RunResult:
-    """Run ``playbook`` (a path relative to the project root) against ``inventory``."""
+    """Run ``playbook`` (relative to the project root; a list runs in order) on ``inventory``."""
     import ansible_runner  # slow to import; only commands that run playbooks need it
 
     root = project_root()
@@ -402,10 +402,23 @@ def run_playbook(
         fd = os.open(env_dir / "extravars", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(dict(extra_vars or {}), fh)
+        if isinstance(playbook, str):
+            playbook_path = root / playbook
+        else:
+            # several playbooks: one that imports them (absolute paths), in the private dir
+            playbook_path = private / "playbook.yml"
+            playbook_path.write_text(
+                "---\n"
+                + "".join(
+                    f"- name: {name}\n"
+                    f"  ansible.builtin.import_playbook: {json.dumps(str(root / name))}\n"
+                    for name in playbook
+                )
+            )
         runner = ansible_runner.run(
             private_data_dir=str(private),
             project_dir=str(root),
-            playbook=str(root / playbook),
+            playbook=str(playbook_path),
             inventory=str(Path(inventory).resolve()),
             limit=limit,
             cmdline=" ".join(cmdline) or None,
@@ -414,13 +427,13 @@ def run_playbook(
             cancel_callback=lambda: interrupt.requested,
             quiet=True,
         )
-        log_path = _keep_log(runner, log_name or Path(playbook).stem)
+        log_path = _keep_log(runner, log_name or playbook_path.stem)
         status = str(runner.status)
         rc = int(runner.rc if runner.rc is not None else 1)
     if interrupt.requested:
         raise KeyboardInterrupt
     return RunResult(
-        playbook=playbook,
+        playbook=playbook if isinstance(playbook, str) else " + ".join(playbook),
         status=status,
         rc=rc,
         hosts=collector.summary(),

@@ -79,3 +79,14 @@ def test_limit_combines_server_type_and_hosts() -> None:
     assert deploy._limit(None, "lab-db") == "lab-db"
     assert deploy._limit("api", "lab-api1") == "api:&lab-api1"
     assert deploy._limit(None, None) is None
+
+
+def test_restore_rejects_a_malformed_backup_name_before_any_host(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = cli.main(["restore", "/nonexistent/inv.yml", "--from", "../../etc/passwd"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "is not a backup name" in err and "llmops-YYYYmmddTHHMMSSZ.dump" in err
+    assert deploy.BACKUP_NAME.fullmatch("llmops-20261204T193000Z.dump")
+    assert deploy.BACKUP_NAME.fullmatch("llmops-20261204T193000Z.sqlite3")
