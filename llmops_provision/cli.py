@@ -222,6 +222,27 @@ def _add_stop(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=local.cmd_stop)
 
 
+def _add_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`logs INVENTORY [--host H] [--unit U] [--since T]` -- owned by logs.py (lb/monitoring)."""
+    from llmops_provision.logs import cli_logs
+
+    p = sub.add_parser(
+        "logs",
+        help="read every host's journal, as collected on the monitoring host",
+        description=(
+            "Runs journalctl on the inventory's monitoring host (over ssh) on the journals "
+            "systemd-journal-remote received from every host."
+        ),
+    )
+    p.add_argument("inventory", metavar="INVENTORY", help="inventory file, e.g. inventory/lab.yml")
+    p.add_argument("--host", help="only this inventory host's entries")
+    p.add_argument("--unit", help="only this systemd unit, e.g. llmops-api.service")
+    p.add_argument("--since", help="journalctl time, e.g. '10 min ago' or '2026-01-01 12:00'")
+    p.add_argument("--lines", type=int, default=200, help="newest N entries (default 200)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    p.set_defaults(func=cli_logs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmops-provision",
@@ -242,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_test(sub)
     _add_start(sub)
     _add_stop(sub)
+    _add_logs(sub)
     return parser
 
 
