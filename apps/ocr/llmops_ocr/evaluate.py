@@ -265,6 +265,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"throughput vs tesseract: {lr['speedup_batched']:.1f}x batched, "
             f"{lr['speedup_batch1']:.1f}x at batch 1 (torch threads {result['threads']}, "
+            f"{m.get('precision', 'fp32')}, "
             f"OMP_THREAD_LIMIT={os.environ.get('OMP_THREAD_LIMIT')})"
         )
     lines.append(
@@ -280,9 +281,10 @@ def evaluate(
     batch_size: int = 32,
     tesseract: bool = True,
     threads: int = 1,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    rec = Recognizer.load(model_dir)
+    rec = Recognizer.load(model_dir, precision)
     result: dict[str, Any] = {
         "model": {
             "name": rec.name,
@@ -290,6 +292,7 @@ def evaluate(
             "sha256": rec.sha256,
             "params": rec.metadata.get("params"),
             "size_mb": rec.metadata.get("size_mb"),
+            "precision": rec.precision,
         },
         "batch_size": batch_size,
         "threads": threads,
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--no-tesseract", action="store_true", help="CRNN figures only")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument(
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         lines_dir, pages_dir = a.heldout / "lines", a.heldout / "pages"
     try:
         result = evaluate(
-            a.model, lines_dir, pages_dir, a.batch_size, not a.no_tesseract, a.threads
+            a.model, lines_dir, pages_dir, a.batch_size, not a.no_tesseract, a.threads, a.precision
         )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"evaluate: {e}", file=sys.stderr)

@@ -71,7 +71,7 @@ class CRNN(nn.Module):
         n, c, h, t = f.shape
         f = f.permute(0, 3, 1, 2).reshape(n, t, c * h)
         f = self.proj(f)
-        if lengths is None:
+        if lengths is None or bool((lengths >= t).all()):
             f, _ = self.rnn(f)
         else:
             packed = nn.utils.rnn.pack_padded_sequence(

@@ -109,21 +109,42 @@ def _row_bands(ink: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in merged if b - a >= 3]
 
 
+def _core(ink: np.ndarray, y0: int, y1: int) -> tuple[int, int]:
+    """(top, bottom) rows of a band's dense core: the x-height zone (cap height in capitals)."""
+    prof = ink[y0:y1].sum(axis=1)
+    dense = np.nonzero(prof >= 0.5 * prof.max())[0]
+    return y0 + int(dense[0]), y0 + int(dense[-1]) + 1
+
+
 def _segment(ink: np.ndarray) -> list[Box]:
+    """Line boxes shaped like the training lines: full ascender and descender room plus a margin.
+
+    A tight box around the ink of a line without descenders (or without ascenders) would make
+    its letters look larger once scaled to 32 px; so each box is laid out from the line's
+    baseline and the page's typical x-height instead.
+    """
     h, w = ink.shape
+    bands = _row_bands(ink)
+    cores = [_core(ink, y0, y1) for y0, y1 in bands]
+    heights = sorted(b - a for a, b in cores)
+    xh_page = heights[len(heights) // 2] if heights else 0
     boxes: list[Box] = []
-    for y0, y1 in _row_bands(ink):
+    for (y0, y1), (c0, c1) in zip(bands, cores, strict=True):
         cols = np.nonzero(ink[y0:y1].any(axis=0))[0]
         if cols.size == 0:
             continue
-        bh = y1 - y0
-        pv, ph = max(2, int(0.15 * bh)), max(3, int(0.3 * bh))
+        core = c1 - c0
+        xh = xh_page if 0.6 * xh_page <= core <= 1.6 * xh_page else core
+        xh = max(xh, 4)
+        top = min(y0 - 2, int(c1 - 2.3 * xh))
+        bottom = max(y1 + 2, int(c1 + 0.9 * xh))
+        ph = max(3, int(0.8 * xh))
         boxes.append(
             (
                 max(0, int(cols[0]) - ph),
-                max(0, y0 - pv),
+                max(0, top),
                 min(w, int(cols[-1]) + 1 + ph),
-                min(h, y1 + pv),
+                min(h, bottom),
             )
         )
     return boxes
