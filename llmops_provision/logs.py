@@ -11,7 +11,8 @@ import argparse
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from llmops_provision.checks import HostAccess, host_access
 from llmops_provision.errors import InvalidInput
@@ -66,6 +67,20 @@ def journalctl_argv(inv: Inventory, collector: str, query: LogsQuery) -> list[st
     return argv
 
 
+def collector_access(inv: Inventory, host: str) -> HostAccess:
+    """SSH settings of the collector; also honours Ansible's `ansible_private_key_file` alias."""
+    access = host_access(inv, host)
+    if not access.ssh_key:
+        merged: dict[str, Any] = dict(inv.all_vars)
+        for group in sorted(inv.hosts[host].groups):
+            merged.update(inv.groups[group].vars if group in inv.groups else {})
+        merged.update(inv.hosts[host].vars)
+        key = merged.get("ansible_private_key_file")
+        if isinstance(key, str) and "{{" not in key:
+            access = replace(access, ssh_key=key)
+    return access
+
+
 def remote_argv(access: HostAccess, argv: list[str]) -> list[str]:
     """Run ``argv`` on the host: locally for a local connection, else through ssh."""
     if access.local:
@@ -79,7 +94,7 @@ def cli_logs(args: argparse.Namespace) -> int:
         inv = load_inventory(args.inventory)
         collector = monitoring_host(inv)
         query = LogsQuery(args.host, args.unit, args.since, args.lines, args.follow)
-        argv = remote_argv(host_access(inv, collector), journalctl_argv(inv, collector, query))
+        argv = remote_argv(collector_access(inv, collector), journalctl_argv(inv, collector, query))
     except InvalidInput as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)

@@ -13,6 +13,7 @@ from llmops_provision.logs import (
     REMOTE_DIR,
     LogsError,
     LogsQuery,
+    collector_access,
     journalctl_argv,
     monitoring_host,
     remote_argv,
@@ -68,3 +69,15 @@ def test_cli_exit_2_without_a_monitoring_host(
     err = capsys.readouterr().err
     assert "no host in group 'monitoring'" in err
     assert str(inv) in err
+
+
+def test_ansible_private_key_file_alias_is_used(tmp_path: Path) -> None:
+    inv_path = tmp_path / "molecule.yml"
+    inv_path.write_text(
+        "all:\n  hosts:\n    mon1:\n      ansible_host: 10.213.5.10\n      ansible_user: root\n"
+        "      ansible_private_key_file: /keys/id\nmonitoring:\n  hosts:\n    mon1: {}\n"
+    )
+    inv = load_inventory(inv_path)
+    argv = remote_argv(collector_access(inv, "mon1"), ["journalctl"])
+    assert argv[argv.index("-i") + 1] == "/keys/id"
+    assert argv[-2:] == ["root@10.213.5.10", "journalctl"]
