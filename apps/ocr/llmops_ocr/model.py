@@ -67,7 +67,10 @@ class CRNN(nn.Module):
         With `lengths` (time steps per line) the LSTM skips each line's padding, so a short line
         reads the same whatever it is batched with.
         """
-        f = self.conv(x)  # N, C, 2, T
+        return self.sequence(self.conv(x), lengths)
+
+    def sequence(self, f: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Conv features (N, C, 2, T) -> log-probs (N, T, num_classes)."""
         n, c, h, t = f.shape
         f = f.permute(0, 3, 1, 2).reshape(n, t, c * h)
         f = self.proj(f)
