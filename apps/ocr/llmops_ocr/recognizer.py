@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ def _compiled_conv(model: CRNN) -> Callable[[torch.Tensor], torch.Tensor]:
     Falls back to the eager module if TorchScript cannot handle it on this build.
     """
     try:
-        with torch.no_grad():
+        # TorchScript is deprecated in favour of torch.compile, which needs a C++ toolchain at
+        # run time and compiles per input shape; for a fixed conv stack TorchScript still wins.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(model.conv, torch.zeros(1, 1, 32, 64))
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced))  # type: ignore[no-any-return]
     except Exception:
