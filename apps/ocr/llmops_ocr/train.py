@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(len(t) for _, t in data)} characters; render {t_render:.0f}s",
         flush=True,
     )
-    model = CRNN()
-    print(f"model: {count_params(model)} parameters", flush=True)
+    # The model is created inside train(), after torch.manual_seed: torch's default generator
+    # is seeded at random, so weights initialised before that would not be reproducible.
     model, losses = train(
         data,
         args.steps,
@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         val=val,
         log=lambda m: print(m, flush=True),
     )
+    print(f"model: {count_params(model)} parameters", flush=True)
     val_cer = char_error_rate(model, val, Codec())
     elapsed = time.time() - t0
     cmd = "python -m llmops_ocr.train " + " ".join(argv if argv is not None else sys.argv[1:])
