@@ -467,7 +467,7 @@ def ensure_base(progress: Progress = _stderr) -> Path:
             raise LabError(f"debootstrap failed ({rc}); log {log}:\n{tail}")
         script = BASE_SCRIPT.replace("MIRROR", MIRROR).replace("SUITE", SUITE)
         progress(f"  [{time.monotonic() - started:5.0f}s] configuring the base image")
-        shutil.copyfile("/etc/resolv.conf", tmp / "rootfs/etc/resolv.conf")
+        shutil.copyfile(_resolv_conf(), tmp / "rootfs/etc/resolv.conf")
         _sh("chroot", str(tmp / "rootfs"), "/bin/sh", "-c", script)
         if final.exists():
             shutil.rmtree(final)
@@ -870,6 +870,22 @@ def _setup_network(lab: Lab) -> None:
 # --------------------------------------------------------------------------- hosts
 
 
+def _resolv_conf() -> Path:
+    """The machine's resolver config for hosts; a loopback stub (systemd-resolved) is not
+    reachable from a host's netns, so take the upstream servers then."""
+    main = Path("/etc/resolv.conf")
+    text = main.read_text() if main.exists() else ""
+    servers = re.findall(r"^\s*nameserver\s+(\S+)", text, re.M)
+    upstream = Path("/run/systemd/resolve/resolv.conf")
+    if servers and all(ip.startswith(("127.", "::1")) for ip in servers) and upstream.exists():
+        return upstream
+    if not servers:
+        raise LabError(
+            "/etc/resolv.conf names no nameserver: lab hosts need one to reach the Debian mirror"
+        )
+    return main
+
+
 def _mkdirs_like(lower: Path, upper: Path, rel: str) -> Path:
     """Create ``upper/rel`` with the owner and mode of ``lower/rel`` at every level."""
     cur_lower, cur_upper = lower, upper
@@ -894,7 +910,7 @@ def _prepare_host(lab: Lab, host: Host, rootfs: Path, pubkey: str) -> None:
     hosts_lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
     hosts_lines += [f"{h.address} {h.name}" for h in lab.hosts]
     (etc / "hosts").write_text("\n".join(hosts_lines) + "\n")
-    shutil.copyfile("/etc/resolv.conf", etc / "resolv.conf")
+    shutil.copyfile(_resolv_conf(), etc / "resolv.conf")
     (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
     ssh_etc = _mkdirs_like(rootfs, upper, "etc/ssh")
     _sh(
