@@ -31,9 +31,11 @@ def test_concurrent_submits_are_batched_and_answered_in_order() -> None:
     b = DynamicBatcher(_echo(batches), max_batch_size=8, max_wait_ms=200, max_queue=64)
 
     async def request(r: int) -> list[tuple[str, float]]:
-        with b.incoming():  # reading and preprocessing the upload
+        with b.incoming():  # still receiving the upload
             await asyncio.sleep(0.01 * r)
-        return await b.submit([f"{r}-{i}" for i in range(2)])
+        results, extra = await b.submit([f"{r}-{i}" for i in range(2)])
+        assert extra is None
+        return results
 
     async def main() -> list[list[tuple[str, float]]]:
         return await asyncio.gather(*(request(r) for r in range(6)))
@@ -43,9 +45,7 @@ def test_concurrent_submits_are_batched_and_answered_in_order() -> None:
     finally:
         b.close()
     assert results == [[(f"{r}-0", 0.5), (f"{r}-1", 0.5)] for r in range(6)]
-    assert sum(batches) == 12
-    assert max(batches) == 8  # requests shared model calls, capped at max_batch_size
-    assert len(batches) == 2
+    assert batches == [8, 4]  # 12 lines of 6 requests in two model calls of <= max_batch_size
 
 
 def test_a_lone_request_does_not_wait_for_company() -> None:
@@ -53,44 +53,53 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     b = DynamicBatcher(_echo(batches), max_batch_size=8, max_wait_ms=5000, max_queue=8)
     try:
         started = time.monotonic()
-        assert asyncio.run(b.submit(["only"])) == [("only", 0.5)]
+        assert asyncio.run(b.submit(["only"])) == ([("only", 0.5)], None)
         assert time.monotonic() - started < 2.5  # far below max_wait_ms
     finally:
         b.close()
 
 
-def test_full_queue_refuses_but_empty_queue_admits_a_big_request() -> None:
-    gate = threading.Event()
+def test_full_queue_refuses_new_requests() -> None:
+    gate, in_model = threading.Event(), threading.Event()
     batches: list[int] = []
 
     def slow(items: list[object]) -> list[tuple[str, float]]:
+        in_model.set()
         gate.wait(10)
         return _echo(batches)(items)
 
     b = DynamicBatcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=2)
 
     async def main() -> None:
-        # Bigger than max_queue but the queue is empty: admitted.
-        big = asyncio.ensure_future(b.submit(["a", "b", "c"]))
+        first = asyncio.ensure_future(b.submit(["a", "b", "c"]))
+        # The thread took the first job and is busy in the model: the queue is empty.
+        assert await asyncio.to_thread(in_model.wait, 5)
+        queued = [asyncio.ensure_future(b.submit([x])) for x in ("d", "e")]
         deadline = time.monotonic() + 5
-        while b.qsize() != 2:  # the thread took "a" and blocks in the model
-            assert time.monotonic() < deadline, "the batcher never started"
-            await asyncio.sleep(0.01)
+        while b.qsize() < 2:  # both are queued once their tasks ran
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
         with pytest.raises(QueueFullError, match="queue full"):
-            await b.submit(["d"])
+            await b.submit(["f"])
         gate.set()
-        assert [t for t, _ in await big] == ["a", "b", "c"]
-        assert await b.submit(["e"]) == [("e", 0.5)]
+        assert await first == ([("a", 0.5), ("b", 0.5), ("c", 0.5)], None)
+        assert [await q for q in queued] == [([("d", 0.5)], None), ([("e", 0.5)], None)]
 
     try:
         asyncio.run(main())
     finally:
         gate.set()
         b.close()
+    assert batches == [1, 1, 1, 1, 1]
 
 
-def test_model_error_reaches_every_request_of_the_batch_and_the_thread_survives() -> None:
+def test_a_bad_job_fails_alone_and_a_model_error_fails_its_batch() -> None:
     calls = 0
+
+    def prepare(payload: str) -> tuple[list[str], str]:
+        if payload == "bad":
+            raise ValueError("not an image")
+        return [payload], f"meta-{payload}"
 
     def flaky(items: list[object]) -> list[tuple[str, float]]:
         nonlocal calls
@@ -99,12 +108,14 @@ def test_model_error_reaches_every_request_of_the_batch_and_the_thread_survives(
             raise RuntimeError("boom")
         return [("ok", 1.0) for _ in items]
 
-    b = DynamicBatcher(flaky, max_batch_size=4, max_wait_ms=50, max_queue=8)
+    b = DynamicBatcher(flaky, prepare=prepare, max_batch_size=4, max_wait_ms=50, max_queue=8)
 
     async def main() -> None:
-        r = await asyncio.gather(b.submit([1]), b.submit([2]), return_exceptions=True)
-        assert all(isinstance(x, RuntimeError) for x in r)
-        assert await b.submit([3]) == [("ok", 1.0)]
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit("x")
+        r = await asyncio.gather(b.submit("bad"), b.submit("y"), return_exceptions=True)
+        assert isinstance(r[0], ValueError)
+        assert r[1] == ([("ok", 1.0)], "meta-y")
 
     try:
         asyncio.run(main())

@@ -6,11 +6,9 @@ accepts requests only once every model version is loaded and a warm-up inference
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import time
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -20,7 +18,6 @@ from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,13 +39,7 @@ from llmops_ocr.config import read_credential
 log = logging.getLogger("llmops_ocr.api")
 
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
-# Lines wider than this after scaling to 32 px high are refused (line mode) or cut (page mode):
-# the recurrent layer's cost grows with width and one such line would pad a whole batch.
-MAX_LINE_WIDTH = 8192
 RETRY_AFTER_S = "1"
-# Decoders we expose to uploads; PIL knows formats without a magic number (TGA, ...) that would
-# take arbitrary bytes for an image.
-IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
 
 
 class ModelRef(BaseModel):
@@ -140,68 +131,6 @@ class ApiState:
 def _json_error(status: int, detail: Any, **extra: Any) -> JSONResponse:
     headers = extra.pop("headers", None)
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
-
-
-def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes -> a fully loaded PIL image, or HTTPException 415/422."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise HTTPException(
-                    422,
-                    f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels "
-                    "(decompression bomb?); scale it down",
-                )
-            if w < 1 or h < 1:
-                raise HTTPException(422, f"image of {w}x{h} pixels has no content")
-            img.load()
-            return img.convert("L")
-    except HTTPException:
-        raise
-    except UnidentifiedImageError:
-        raise HTTPException(
-            415, "the upload is not an image; send PNG, JPEG, TIFF, BMP, GIF, WebP or PPM"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HTTPException(
-            422, f"image exceeds the limit of {max_pixels} pixels (decompression bomb?)"
-        ) from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError) as exc:
-        raise HTTPException(422, f"the image is corrupt or truncated: {exc}") from None
-
-
-def _prepare(lm: LoadedModel, img: Image.Image, mode: str) -> tuple[list[Any], list[list[int]]]:
-    """Image -> (line tensors, boxes). Runs on a worker thread (CPU work)."""
-    if mode == "line":
-        boxes = [[0, 0, img.width, img.height]]
-        tensors = [lm.recognizer.preprocess(img)]
-        if tensors[0].shape[-1] > MAX_LINE_WIDTH:
-            raise HTTPException(
-                422,
-                f"the line is too long ({img.width}x{img.height} px scales to more than "
-                f"{MAX_LINE_WIDTH} px at 32 px high); send a page with mode=page",
-            )
-        return tensors, boxes
-    # The same steps as llmops_ocr.page.ocr_page, but the recognition goes through the batcher
-    # so that lines of concurrent requests share model calls.
-    from llmops_ocr import page
-
-    grey, ink, angle = page._deskewed(img)
-    w, h = grey.size
-    tensors, boxes = [], []
-    for box in page._segment(ink):
-        tensors.append(lm.recognizer.preprocess(grey.crop(box))[..., :MAX_LINE_WIDTH])
-        boxes.append([int(v) for v in (page.rotate_box(box, -angle, w, h) if angle else box)])
-    return tensors, boxes
-
-
-def _decode_and_prepare(
-    lm: LoadedModel, data: bytes, mode: str, max_pixels: int
-) -> tuple[list[Any], list[list[int]]]:
-    return _prepare(lm, _decode_image(data, max_pixels), mode)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -391,11 +320,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             )
         with lm.batcher.incoming():
             data = await _read_upload(request, settings.max_upload_bytes)
-            tensors, boxes = await asyncio.to_thread(
-                _decode_and_prepare, lm, data, mode, settings.max_image_pixels
-            )
         try:
-            results = await lm.batcher.submit(tensors)
+            # Decoding, page splitting and recognition all happen on the batch thread.
+            results, boxes = await lm.batcher.submit((data, mode))
         except QueueFullError as exc:
             metrics.QUEUE_FULL.inc()
             raise HTTPException(

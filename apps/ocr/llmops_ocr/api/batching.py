@@ -1,10 +1,13 @@
 """Dynamic batching of line crops across concurrent requests.
 
-Requests put their preprocessed line tensors on a bounded queue and await futures; one inference
-thread per model version takes up to ``max_batch_size`` items, waiting at most ``max_wait_ms``
-after the first one -- and only while other requests are known to be on their way (see
-``incoming``), so a lone request is not delayed -- runs a single padded forward pass and
-resolves the futures on the event loop. The event loop never runs the model itself.
+A request puts its job (the uploaded bytes) on a bounded queue and awaits a future. One thread
+per model version takes up to ``max_batch_size`` jobs -- waiting at most ``max_wait_ms`` after
+the first one, and only while other requests are known to be on their way (``incoming``), so a
+lone request is not delayed -- prepares them (decode, split a page into lines, preprocess), runs
+all their lines through the model in padded batches of up to ``max_batch_size`` lines of similar
+width, and resolves the futures on the event loop. The event loop never decodes images or runs
+the model; preparing on the batch thread (not on one thread per request) lets the lines of many
+requests meet in one model call, which is where batching saves CPU.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PredictFn = Callable[[list[Any]], Sequence[tuple[str, float]]]
+Result = tuple[str, float]
+PredictFn = Callable[[list[Any]], Sequence[Result]]
+PrepareFn = Callable[[Any], tuple[list[Any], Any]]
+"""A job's payload -> (line tensors, anything the request wants back, e.g. the boxes)."""
 BatchObserver = Callable[[int, list[float], float], None]
-"""Called after each batch with (batch size, queue waits in seconds, inference seconds)."""
+"""Called after each model call with (lines, queue waits of the jobs in seconds, seconds)."""
 
 
 class QueueFullError(Exception):
@@ -35,20 +41,20 @@ class BatcherStoppedError(Exception):
 
 
 @dataclass
-class _Item:
-    tensor: Any
-    future: asyncio.Future[tuple[str, float]]
+class _Job:
+    payload: Any
+    future: asyncio.Future[tuple[list[Result], Any]]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
 
 
-def _hand_over(item: _Item, result: Any, error: bool) -> None:
+def _hand_over(job: _Job, result: Any, error: bool) -> None:
     # RuntimeError: the event loop is gone (worker shutting down), nobody is waiting.
     with contextlib.suppress(RuntimeError):
-        item.loop.call_soon_threadsafe(_resolve, item.future, result, error)
+        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
 
 
-def _resolve(fut: asyncio.Future[tuple[str, float]], result: Any, error: bool) -> None:
+def _resolve(fut: asyncio.Future[Any], result: Any, error: bool) -> None:
     if fut.done():  # the request was cancelled (client went away)
         return
     if error:
@@ -57,13 +63,23 @@ def _resolve(fut: asyncio.Future[tuple[str, float]], result: Any, error: bool) -
         fut.set_result(result)
 
 
+def _no_prepare(payload: Any) -> tuple[list[Any], Any]:
+    return list(payload), None
+
+
+def _width(t: Any) -> int:
+    shape = getattr(t, "shape", None)
+    return int(shape[-1]) if shape else 0
+
+
 class DynamicBatcher:
-    """Batches items from many requests into single model calls on a worker thread."""
+    """Batches the lines of many requests into single model calls on a worker thread."""
 
     def __init__(
         self,
         predict: PredictFn,
         *,
+        prepare: PrepareFn | None = None,
         max_batch_size: int,
         max_wait_ms: float,
         max_queue: int,
@@ -74,6 +90,7 @@ class DynamicBatcher:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_ms >= 0")
         self._predict = predict
+        self._prepare = prepare or _no_prepare
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -81,26 +98,26 @@ class DynamicBatcher:
         # of oversubscribing the threads torch was given.
         self.lock = lock or threading.Lock()
         self._observer = observer
-        self._items: collections.deque[_Item] = collections.deque()
+        self._jobs: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._incoming = 0  # requests still reading or preprocessing, whose lines will follow
+        self._incoming = 0  # requests still receiving their upload; their jobs will follow
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
     def alive(self) -> bool:
-        """The inference thread runs and takes work."""
+        """The batch thread runs and takes work."""
         return self._thread.is_alive() and not self._stopping
 
     def qsize(self) -> int:
+        """Jobs waiting (not yet taken by the batch thread)."""
         with self._cond:
-            return len(self._items)
+            return len(self._jobs)
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:
-        """Mark a request whose lines are being prepared: a batch waits for them (up to
-        max_wait_ms), while with nobody on the way a lone line is run at once."""
+        """Mark a request whose job is on its way: a batch waits for it (up to max_wait_ms)."""
         with self._cond:
             self._incoming += 1
         try:
@@ -110,77 +127,100 @@ class DynamicBatcher:
                 self._incoming -= 1
                 self._cond.notify()
 
-    async def submit(self, tensors: Sequence[Any]) -> list[tuple[str, float]]:
-        """Queue all tensors of one request at once and wait for their results (in order).
+    async def submit(self, payload: Any) -> tuple[list[Result], Any]:
+        """Queue one request's job; returns (one result per line, what prepare passed back).
 
-        Raises QueueFullError if they do not fit; a request is always admitted when the queue is
-        empty so that a page with more lines than ``max_queue`` still gets served.
+        Raises QueueFullError when ``max_queue`` jobs are already waiting, and whatever
+        ``prepare`` raised for this job (e.g. an HTTPException for a bad image).
         """
-        if not tensors:
-            return []
         loop = asyncio.get_running_loop()
-        items = [_Item(t, loop.create_future(), loop) for t in tensors]
+        job = _Job(payload, loop.create_future(), loop)
         with self._cond:
             if self._stopping:
                 raise BatcherStoppedError("the model is shutting down")
-            if self._items and len(self._items) + len(items) > self.max_queue:
+            if len(self._jobs) >= self.max_queue:
                 raise QueueFullError(
-                    f"inference queue full ({len(self._items)} of {self.max_queue} lines queued)"
+                    f"inference queue full ({len(self._jobs)} of {self.max_queue} requests waiting)"
                 )
-            self._items.extend(items)
+            self._jobs.append(job)
             self._cond.notify()
         try:
-            return list(await asyncio.gather(*(i.future for i in items)))
+            return await job.future
         except asyncio.CancelledError:
-            for i in items:
-                i.future.cancel()
+            job.future.cancel()
             raise
 
-    def _take_batch(self) -> list[_Item] | None:
+    def _take(self) -> list[_Job] | None:
         with self._cond:
-            while not self._items and not self._stopping:
+            while not self._jobs and not self._stopping:
                 self._cond.wait()
-            if not self._items:
+            if not self._jobs:
                 return None
-            deadline = self._items[0].enqueued + self.max_wait_s
-            while (
-                len(self._items) < self.max_batch_size and self._incoming > 0 and not self._stopping
-            ):
+            deadline = self._jobs[0].enqueued + self.max_wait_s
+            while len(self._jobs) < self.max_batch_size and self._incoming and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            n = min(self.max_batch_size, len(self._items))
-            return [self._items.popleft() for _ in range(n)]
+            n = min(self.max_batch_size, len(self._jobs))
+            return [self._jobs.popleft() for _ in range(n)]
 
     def _run(self) -> None:
         while True:
-            batch = self._take_batch()
-            if batch is None:
+            jobs = self._take()
+            if jobs is None:
                 return
-            live = [i for i in batch if not i.future.cancelled()]
-            if not live:
-                continue
-            started = time.monotonic()
-            waits = [started - i.enqueued for i in live]
-            try:
+            live = [j for j in jobs if not j.future.cancelled()]
+            if live:
                 with self.lock:
-                    results = list(self._predict([i.tensor for i in live]))
-                if len(results) != len(live):
-                    raise RuntimeError(f"model returned {len(results)} results for {len(live)}")
-            except Exception as exc:  # hand the failure to every waiting request
-                log.exception("inference failed for a batch of %d", len(live))
-                for i in live:
-                    _hand_over(i, exc, True)
+                    self._process(live)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        started = time.monotonic()
+        waits = [started - j.enqueued for j in jobs]
+        prepared: list[tuple[_Job, list[Any], Any]] = []
+        for job in jobs:
+            try:
+                tensors, extra = self._prepare(job.payload)
+            except Exception as exc:  # this request's own problem (bad image, ...)
+                _hand_over(job, exc, True)
                 continue
-            took = time.monotonic() - started
-            for i, r in zip(live, results, strict=True):
-                _hand_over(i, r, False)
-            if self._observer is not None:
-                try:
-                    self._observer(len(live), waits, took)
-                except Exception:
-                    log.exception("batch observer failed")
+            prepared.append((job, tensors, extra))
+        flat = [t for _, tensors, _ in prepared for t in tensors]
+        # Lines of similar width share a model call: less padding to compute.
+        order = sorted(range(len(flat)), key=lambda i: _width(flat[i]))
+        results: list[Result | None] = [None] * len(flat)
+        try:
+            for start in range(0, len(order), self.max_batch_size):
+                idx = order[start : start + self.max_batch_size]
+                t0 = time.monotonic()
+                out = list(self._predict([flat[i] for i in idx]))
+                if len(out) != len(idx):
+                    raise RuntimeError(f"model returned {len(out)} results for {len(idx)} lines")
+                for i, r in zip(idx, out, strict=True):
+                    results[i] = r
+                self._observe(len(idx), waits, time.monotonic() - t0)
+                waits = []  # each job's wait is counted once
+        except Exception as exc:  # hand the failure to every request of the batch
+            log.exception("inference failed for a batch of %d lines", len(flat))
+            for job, _, _ in prepared:
+                _hand_over(job, exc, True)
+            return
+        pos = 0
+        for job, tensors, extra in prepared:
+            mine = results[pos : pos + len(tensors)]
+            pos += len(tensors)
+            _hand_over(job, ([r for r in mine if r is not None], extra), False)
+        if not flat and waits:
+            self._observe(0, waits, 0.0)
+
+    def _observe(self, size: int, waits: list[float], seconds: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(size, waits, seconds)
+        except Exception:
+            log.exception("batch observer failed")
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish queued work, then stop the thread."""

@@ -44,7 +44,7 @@ BATCH_SIZE = Histogram(
 )
 QUEUE_WAIT = Histogram(
     "llmops_api_queue_wait_seconds",
-    "Time a line crop waited in the batch queue before its model call started.",
+    "Time a request waited in the batch queue before its batch was taken up.",
     ["model_version"],
     buckets=LATENCY_BUCKETS,
 )
@@ -86,10 +86,11 @@ HISTORY_WRITTEN = Counter(
 
 
 def observe_batch(version: str, size: int, waits: list[float], seconds: float) -> None:
-    """Record one batched model call."""
-    BATCH_SIZE.labels(version).observe(size)
-    INFERENCE_SECONDS.labels(version).observe(seconds)
-    LINES.labels(version).inc(size)
+    """Record one batched model call (and the queue waits of the requests it serves)."""
+    if size:  # 0: the jobs had no lines (blank page, bad image): no model call
+        BATCH_SIZE.labels(version).observe(size)
+        INFERENCE_SECONDS.labels(version).observe(seconds)
+        LINES.labels(version).inc(size)
     wait = QUEUE_WAIT.labels(version)
     for w in waits:
         wait.observe(w)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from llmops_ocr.api import metrics
 from llmops_ocr.api.batching import DynamicBatcher
+from llmops_ocr.api.images import make_prepare
 from llmops_ocr.api.settings import ApiSettings
 from llmops_ocr.config import ConfigError
 from llmops_ocr.recognizer import Recognizer
@@ -78,9 +80,15 @@ def load_models(settings: ApiSettings, observer: BatchObserver) -> dict[str, Loa
             raise ConfigError(
                 f"{d}/metadata.json: version {version!r} does not match its directory name"
             )
-        # Warm-up: one real inference through the same path requests take.
-        results = rec.predict([rec.preprocess(_warm_up_image())])
-        if len(results) != 1 or not isinstance(results[0][0], str):
+        # Warm-up: a real inference through the path requests take (decode, page split,
+        # preprocess, predict).
+        prepare = make_prepare(rec, settings.max_image_pixels)
+        buf = io.BytesIO()
+        _warm_up_image().save(buf, format="PNG")
+        tensors, _ = prepare((buf.getvalue(), "page"))
+        tensors += prepare((buf.getvalue(), "line"))[0]
+        results = rec.predict(tensors)
+        if len(results) != len(tensors) or not all(isinstance(t, str) for t, _ in results):
             raise RuntimeError(f"{d}: warm-up inference returned {results!r}")
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(version).set(seconds)
@@ -90,6 +98,7 @@ def load_models(settings: ApiSettings, observer: BatchObserver) -> dict[str, Loa
 
         batcher = DynamicBatcher(
             rec.predict,
+            prepare=prepare,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
