@@ -71,3 +71,9 @@ def test_without_ca_file_an_unknown_ca_is_refused(tls_server: tuple[str, Path]) 
         assert err.value.status == 502
     finally:
         client.close()
+
+
+def test_missing_ca_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.crt"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        OcrClient("https://127.0.0.1:1", "token", 5.0, ca_file=str(missing))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ class OcrClient:
         self.api_url = api_url.rstrip("/")
         self.timeout_s = timeout_s
         # An https api_url behind the lb's self-signed CA is trusted through that CA alone.
+        if ca_file and not os.path.isfile(ca_file):
+            raise FileNotFoundError(
+                f"api_ca_file {ca_file} does not exist: install the load balancer's CA there "
+                "(roles/webapp does) or remove api_ca_file from the web config"
+            )
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=ca_file) if ca_file else True
         )
