@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import inspect
 import itertools
+import json
 import math
 import multiprocessing as mp
 import pickle
@@ -25,7 +26,15 @@ from torch import nn
 
 from . import synth
 from .charset import Codec
-from .model import CRNN, WIDTH_STRIDE, count_params, pad_batch, preprocess_array, save_model_dir
+from .model import (
+    CRNN,
+    WIDTH_STRIDE,
+    build_model,
+    count_params,
+    pad_batch,
+    preprocess_array,
+    save_model_dir,
+)
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = APP_DIR / "models" / "crnn-ocr" / "1.0.0"
@@ -219,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--val-samples", type=int, default=DEFAULT_VAL_SAMPLES)
     p.add_argument("--no-cache", action="store_true", help="re-render even if cached")
+    p.add_argument(
+        "--init-from", type=Path, help="continue from this model dir's weights (a second stage)"
+    )
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -234,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The model is created inside train(), after torch.manual_seed: torch's default generator
     # is seeded at random, so weights initialised before that would not be reproducible.
+    init: CRNN | None = None
+    previous: dict[str, Any] | None = None
+    if args.init_from:
+        meta = json.loads((args.init_from / "metadata.json").read_text())
+        init = build_model(meta)
+        init.load_state_dict(torch.load(args.init_from / "model.pt", weights_only=True))
+        previous = meta.get("training")
+        print(f"continuing from {args.init_from} ({meta.get('sha256', '')[:12]})", flush=True)
     model, losses = train(
         data,
         args.steps,
@@ -242,11 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         val=val,
         log=lambda m: print(m, flush=True),
+        model=init,
     )
     print(f"model: {count_params(model)} parameters", flush=True)
     val_cer = char_error_rate(model, val, Codec())
     elapsed = time.time() - t0
     cmd = "python -m llmops_ocr.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = cmd.strip()
+    if previous:  # a second stage: reproducing it means running the first stage before it
+        cmd = f"{previous['command']} && {cmd}"
     out = save_model_dir(
         model,
         args.out,
@@ -254,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         args.version,
         {
             "training": {
-                "command": cmd.strip(),
+                "command": cmd,
+                "previous_stage": previous,
                 "samples": args.samples,
                 "steps": args.steps,
                 "batch_size": args.batch_size,
