@@ -335,6 +335,20 @@ def build_bundle(
                     *exc.problems,
                 ]
             ) from exc
+        if info.descriptor != descriptor:
+            # Same version, different app (e.g. retrained model): reusing would ship stale files.
+            changed = sorted(
+                k
+                for k in {*descriptor, *info.descriptor}
+                if descriptor.get(k) != info.descriptor.get(k)
+            )
+            raise BundleError(
+                [
+                    f"{target} was built from a different {app_dir / DESCRIPTOR_NAME} "
+                    f"({', '.join(changed)} changed) under the same version {version}; bump the "
+                    "version, or rebuild with --force"
+                ]
+            )
         log(f"{name} {version}: reusing {target} (already built; --force rebuilds it)")
         return BuildResult(info=info, reused=True)
 

@@ -281,3 +281,23 @@ def test_validate_accepts_a_bundle_and_refuses_a_tampered_one(
     out = capsys.readouterr()
     text = out.out + out.err
     assert f"{tampered}: models/tiny/1.0.0/model.pt does not match its sha256" in text, text
+
+
+def test_same_version_with_a_changed_model_is_not_reused(
+    built: bundle.BuildResult, tmp_path: Path
+) -> None:
+    """A retrained model under the same version must not silently ship the old bundle."""
+    app = make_app(tmp_path)
+    out = tmp_path / "dist"
+    out.mkdir()
+    shutil.copy(built.info.path, out / built.info.path.name)
+    new = b"retrained weights"
+    (app / "models/tiny/1.0.0/model.pt").write_bytes(new)
+    descriptor = json.loads((app / "descriptor.json").read_text())
+    descriptor["models"][0]["sha256"] = hashlib.sha256(new).hexdigest()
+    (app / "descriptor.json").write_text(json.dumps(descriptor))
+    with pytest.raises(bundle.BundleError, match=r"\(models changed\) under the same version"):
+        build(app, out)
+    assert build(app, out, force=True).info.descriptor["models"][0]["sha256"] == (
+        hashlib.sha256(new).hexdigest()
+    )
