@@ -182,6 +182,24 @@ def test_unit_starts_and_survives_a_reboot(pair: labmod.Lab) -> None:
     wait_for(served, 30, "lab-probe.service to answer again after the reboot")
 
 
+def test_a_unit_that_failed_once_is_started_again_before_the_host_counts_as_broken(
+    pair: labmod.Lab,
+) -> None:
+    # Fails the first time (like a boot unit timing out under load), succeeds after.
+    pair.run(
+        "beta",
+        "printf '[Service]\\nType=oneshot\\nRemainAfterExit=yes\\n"
+        'ExecStart=/bin/sh -c "test -e /run/flaky-once || { touch /run/flaky-once; exit 1; }"\\n\''
+        " > /etc/systemd/system/flaky-once.service && systemctl daemon-reload && "
+        "(systemctl start flaky-once.service || true)",
+    )
+    assert pair.run("beta", "systemctl is-system-running", check=False).stdout.strip() == (
+        "degraded"
+    )
+    labmod.wait_ready(pair, "beta", timeout=60)
+    assert pair.run("beta", "systemctl is-active flaky-once.service").stdout.strip() == "active"
+
+
 def test_killed_lab_is_cleaned_by_next_up_and_down_leaves_nothing(require_root: None) -> None:
     name = "it-stale"
     cli("lab", "up", "--name", name, "--hosts", "solo", "--fresh")
