@@ -34,11 +34,13 @@ class HistoryWriter:
         max_queue: int = 1000,
         max_batch: int = 100,
         max_backoff_s: float = 30.0,
+        linger_s: float = 0.25,
     ) -> None:
         self.engine = engine
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._max_batch = max_batch
         self._max_backoff = max_backoff_s
+        self._linger_s = linger_s
         self._stop = threading.Event()
         self._last_error_log = 0.0
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
@@ -58,9 +60,11 @@ class HistoryWriter:
         if item is _STOP:
             return [], True
         rows = [item]
+        # Gather what arrives in the next moment too: one transaction (one fsync) for many rows.
+        deadline = time.monotonic() + self._linger_s
         while len(rows) < self._max_batch:
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if item is _STOP:
