@@ -95,7 +95,7 @@ def test_scrape_targets_come_from_the_inventory(default_render: Path) -> None:
     check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
     jobs = {j["job_name"]: j for j in yaml.safe_load(config.read_text())["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "alertmanager", "node", "api", "web", "nginx"}
+    assert set(jobs) == {"prometheus", "alertmanager", "node", "api", "web", "nginx", "postgres"}
 
     def targets(job: str) -> dict[str, str]:
         return {sc["labels"]["host"]: sc["targets"][0] for sc in jobs[job]["static_configs"]}
@@ -111,6 +111,7 @@ def test_scrape_targets_come_from_the_inventory(default_render: Path) -> None:
     assert targets("api") == {"test-api1": "127.0.3.21:8000", "test-api2": "127.0.3.22:8000"}
     assert targets("web") == {"test-web": "127.0.3.11:8080"}
     assert targets("nginx") == {"test-lb": "127.0.3.10:9113"}
+    assert targets("postgres") == {"test-db": "127.0.3.30:9187"}
     retention = (default_render.parent / "prometheus.env").read_text()
     assert "--storage.tsdb.retention.time=15d" in retention
 
