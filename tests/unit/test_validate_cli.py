@@ -18,6 +18,8 @@ SHIPPED = [
     "inventory/lab.yml",
     "inventory/dev.yml",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.json")),
+    # The shipped app: its descriptor must name the committed weights' real sha256.
+    "apps/ocr",
 ]
 
 
