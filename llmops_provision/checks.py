@@ -39,7 +39,8 @@ from llmops_provision.schemas import project_root
 from llmops_provision.server_types import REGISTRY, Probe
 
 # The known image of the OCR probe: the same text the inference_api role verifies after deploy.
-OCR_TEXT = "Provisioned by llmops"
+# No l/I/1 in the text: in many sans fonts those glyphs are identical, even to a person.
+OCR_TEXT = "Provisioned on Debian twelve"
 OCR_IMAGE_FALLBACK = Path("tests") / "data" / "ocr-check.png"
 ADMIN_USER = "admin"
 VIA_MODES = ("auto", "direct", "ssh")
