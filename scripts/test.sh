@@ -32,7 +32,7 @@ run_pytest -q tests/unit
 step "OCR app tests"
 run_pytest -q apps/ocr/tests
 step "lab, integration and molecule tests"
-run_pytest -q tests/integration
+run_pytest -q --durations=25 tests/integration
 if compgen -G "tests/e2e/test_*.py" >/dev/null; then
   step "end-to-end tests"
   run_pytest -q tests/e2e
