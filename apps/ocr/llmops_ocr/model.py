@@ -189,6 +189,54 @@ def preprocess_array(img: Image.Image) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32) / 255.0
 
 
+_LEVELS = np.arange(256, dtype=np.float32)
+
+
+def _kth(cum: np.ndarray, k: int) -> int:
+    """The k-th smallest (0-based) grey level, given the cumulative histogram."""
+    return int(np.searchsorted(cum, k, side="right"))
+
+
+def preprocess_line(img: Image.Image) -> np.ndarray:
+    """`preprocess_array`'s exact result, about twice as fast (what the Recognizer uses).
+
+    The statistics (median, extremes, 0.5th percentile) come from a 256-bin histogram instead
+    of sorting the pixels, and the contrast stretch is a 256-entry lookup table computed with
+    the same float32 arithmetic. preprocess_array stays the reference: training uses it and its
+    source keys the training data cache; a test checks both agree bit for bit.
+    """
+    g = ImageOps.grayscale(img) if img.mode != "L" else img
+    u = np.asarray(g)
+    if u.size == 0:
+        return np.zeros((INPUT_HEIGHT, MIN_WIDTH), np.float32)
+    hist = np.bincount(u.ravel(), minlength=256)
+    cum = np.cumsum(hist)
+    n = int(cum[-1])
+    bg = float(_kth(cum, n // 2)) if n % 2 else (_kth(cum, n // 2 - 1) + _kth(cum, n // 2)) / 2
+    levels = _LEVELS
+    if bg < (_kth(cum, 0) + _kth(cum, n - 1)) / 2:  # light ink on a dark background
+        levels = 255.0 - _LEVELS
+        bg = 255.0 - bg
+        cum = np.cumsum(hist[::-1])  # the histogram of 255 - u
+    pos = 0.005 * (n - 1)  # np.percentile(a, 0.5), linear interpolation
+    i = int(pos)
+    v0, v1 = _kth(cum, i), _kth(cum, min(i + 1, n - 1))
+    ink = float(np.float32(v0) + np.float32(v1 - v0) * (pos - i))
+    span = max(bg - ink, 1.0)
+    lut = np.clip((bg - levels) / span, 0.0, 1.0)  # ink -> 1, background -> 0
+    a8 = (lut * 255).astype(np.uint8)[u]
+    h, w = u.shape
+    cols = np.nonzero((lut > 0.5)[u].any(axis=0))[0]
+    if cols.size and span > 24:
+        pad = max(2, h // 4)
+        x0, x1 = max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)
+        a8 = a8[:, x0:x1]
+        h, w = a8.shape
+    new_w = max(MIN_WIDTH, round(w * INPUT_HEIGHT / h))
+    resized = Image.fromarray(a8).resize((new_w, INPUT_HEIGHT), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32) / 255.0
+
+
 def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (32, W_i) arrays into (N, 1, 32, W_max) zero-padded, plus output lengths."""
     w = max(a.shape[-1] for a in arrays)

@@ -4,10 +4,19 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from llmops_ocr import synth, train
-from llmops_ocr.model import CRNN, count_params, save_model_dir
+from llmops_ocr.model import (
+    CRNN,
+    count_params,
+    fuse_for_inference,
+    pad_batch,
+    preprocess_array,
+    preprocess_line,
+    save_model_dir,
+)
 from llmops_ocr.recognizer import ModelDirError, Recognizer
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "crnn-ocr" / "1.0.0"
@@ -89,3 +98,27 @@ def test_training_is_reproducible_with_a_fixed_seed():
         model, _ = train.train(data, steps=4, batch_size=8, log_every=0, seed=3)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_fast_preprocessing_equals_the_training_preprocessing():
+    """The Recognizer's histogram-based preprocess_line gives training's pixels, bit for bit."""
+    rng = random.Random(5)
+    imgs = [synth.render_line(synth.make_text(rng), seed=3000 + i) for i in range(60)]
+    imgs += [synth.render_line("dark", seed=1, dark=True), synth.render_line(".", seed=2)]
+    for im in imgs:
+        assert np.array_equal(preprocess_line(im), preprocess_array(im))
+
+
+def test_recognizer_sequence_equals_the_packed_lstm():
+    """The dense per-line-reversed LSTM gives CRNN.sequence's log-probs on every real step."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = CRNN(channels=[8, 16, 16, 32], hidden=24, lstm_layers=2)
+    rec = Recognizer(fuse_for_inference(model), {"name": "t", "version": "0"}, "fp32")
+    imgs = [synth.render_line(t, seed=i) for i, t in enumerate(["a", "two words", "x" * 40])]
+    batch, lengths = pad_batch([preprocess_line(im) for im in imgs])
+    with torch.inference_mode():
+        f = rec._conv(batch)
+        want, got = model.sequence(f, lengths), rec._sequence(f, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5)
