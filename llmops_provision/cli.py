@@ -243,6 +243,23 @@ def _add_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cli_logs)
 
 
+def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`rollout INVENTORY --server-type api|web` -- owned by rollout.py (issue 6)."""
+    from llmops_provision import rollout
+
+    p = sub.add_parser(
+        "rollout",
+        help="rolling update of the api or web hosts to a release, one host at a time",
+        description="Validate (nothing is touched on an error: exit 2), then per host: drain it "
+        "from every lb host, install and switch to the release, check it (api: /readyz and an "
+        "OCR request; web: /healthz and a login), put it back. A host that fails its checks goes "
+        "back to its previous release and the rollout stops there (exit 1). Hosts already on "
+        "the release are only checked. Records the deployment.",
+    )
+    rollout.add_rollout_options(p)
+    p.set_defaults(func=rollout.cmd_rollout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmops-provision",
@@ -264,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_start(sub)
     _add_stop(sub)
     _add_logs(sub)
+    _add_rollout(sub)
     return parser
 
 

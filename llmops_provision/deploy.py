@@ -12,7 +12,9 @@ import json
 import os
 import re
 import secrets
+import shlex
 import string
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -173,7 +175,7 @@ def _record(target: Target, record: Mapping[str, Any]) -> Path:
 
 
 def last_deployment(inventory_name: str) -> dict[str, Any] | None:
-    """The newest deployment record of an inventory, if any."""
+    """The newest deployment record of an inventory kept on this controller, if any."""
     path = state_dir() / "deployments" / f"{inventory_name}.jsonl"
     if not path.is_file():
         return None
@@ -182,6 +184,218 @@ def last_deployment(inventory_name: str) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = json.loads(lines[-1])
     return data
+
+
+# Deployment records in the platform database. The controller cannot reach the database (the
+# firewall admits web and api hosts only), so `python -m llmops_ocr.db.deployments` runs on an api
+# or web host, in the release's venv, as the service user with its db-password credential (as the
+# roles' migrations do), with the record as JSON on stdin.
+_RELEASE_PYTHON = "/opt/llmops/current/venv/bin/python"
+_SERVICE_USERS = {"api": "llmops-api", "web": "llmops-web"}
+_DEFAULT_SQLITE = "/var/lib/llmops/db/llmops.sqlite3"
+_DB_TIMEOUT_S = 60.0
+_DB_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where a deployment record went: the local file always, the database when it could."""
+
+    local_path: Path
+    db_host: str = ""  # the host that wrote it to the platform database ("" = not written)
+    db_error: str = ""  # why the database has no record (when db_host is "")
+
+    def describe(self) -> str:
+        if self.db_host:
+            return (
+                f"deployment recorded in the platform database (through {self.db_host}) "
+                f"and in {self.local_path}"
+            )
+        return (
+            f"warning: deployment recorded only in {self.local_path}: the platform database "
+            f"could not be written ({self.db_error})"
+        )
+
+
+def db_command(target: Target, host: str, server_type: str, *args: str) -> str:
+    """Shell command that runs ``llmops_ocr.db.deployments ARGS`` on ``host`` as its service."""
+    cfg = target.configs[host][server_type]
+    db = cfg.get("database") or {}
+    user = _SERVICE_USERS[server_type]
+    props = [
+        f"User={user}",
+        f"Group={user}",
+        "SupplementaryGroups=llmops",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "UMask=0007",
+        f"Environment=LLMOPS_CONFIG=/etc/llmops/{server_type}.json",
+    ]
+    if db.get("engine", "sqlite") == "sqlite":
+        props.append(f"ReadWritePaths={Path(str(db.get('path', _DEFAULT_SQLITE))).parent}")
+    else:
+        props.append("LoadCredential=db-password:/etc/credstore/llmops-db-password")
+    argv = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", "--service-type=exec"]
+    for prop in props:
+        argv += ["-p", prop]
+    argv += [_RELEASE_PYTHON, "-m", "llmops_ocr.db.deployments", "--type", server_type, *args]
+    return (
+        f"test -x {_RELEASE_PYTHON} || {{ echo 'no release installed on this host' >&2; exit 4; }}"
+        f"; exec {shlex.join(argv)}"
+    )
+
+
+def db_hosts(target: Target, prefer: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(host, server type) pairs that can reach the database: ``prefer`` first, then api, web."""
+    out: list[tuple[str, str]] = []
+    order = [*prefer, *target.inventory.hosts_of("api"), *target.inventory.hosts_of("web")]
+    for host in order:
+        types = target.configs.get(host, {})
+        for server_type in ("api", "web"):
+            if server_type in types and (host, server_type) not in out:
+                out.append((host, server_type))
+                break
+    return out
+
+
+def _run_on_host(target: Target, host: str, command: str, stdin: str) -> tuple[int, str, str]:
+    from llmops_provision.checks import host_access
+
+    access = host_access(target.inventory, host)
+    if access.ssh_user not in ("", "root") and not access.local:
+        command = f"sudo -n sh -c {shlex.quote(command)}"
+    argv = ["sh", "-c", command] if access.local else [*access.ssh_argv(), command]
+    try:
+        proc = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=_DB_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return 124, "", f"no answer within {_DB_TIMEOUT_S:.0f} s"
+    except OSError as exc:
+        return 127, "", str(exc)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _why(host: str, rc: int, err: str) -> str:
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    return f"{host}: {lines[-1] if lines else f'exit {rc}'}"
+
+
+def db_record(
+    target: Target, record: Mapping[str, Any], prefer: Sequence[str] = ()
+) -> tuple[str, str]:
+    """Write ``record`` to the platform database; returns (host that wrote it, "") or ("", why)."""
+    errors: list[str] = []
+    hosts = db_hosts(target, prefer)
+    if not hosts:
+        return "", "the inventory has no api or web host to write it from"
+    for host, server_type in hosts[:_DB_ATTEMPTS]:
+        command = db_command(target, host, server_type, "record")
+        rc, _out, err = _run_on_host(target, host, command, json.dumps(record))
+        if rc == 0:
+            return host, ""
+        errors.append(_why(host, rc, err))
+    return "", "; ".join(errors)
+
+
+def db_last_deployment(target: Target) -> tuple[dict[str, Any] | None, str, str]:
+    """The newest database record of this inventory: (record or None, host read on, error)."""
+    errors: list[str] = []
+    hosts = db_hosts(target)
+    if not hosts:
+        return None, "", "the inventory has no api or web host to read it from"
+    for host, server_type in hosts[:_DB_ATTEMPTS]:
+        command = db_command(target, host, server_type, "last", "--inventory", target.name)
+        rc, out, err = _run_on_host(target, host, command, "")
+        if rc == 0:
+            try:
+                rows = json.loads(out)
+            except json.JSONDecodeError:
+                errors.append(f"{host}: unreadable answer {out[:80]!r}")
+                continue
+            return (rows[0] if rows else None), host, ""
+        errors.append(_why(host, rc, err))
+    return None, "", "; ".join(errors)
+
+
+def db_record_of(record: Mapping[str, Any], finished: float) -> dict[str, Any]:
+    """The database form (llmops_ocr.db.deployments) of a local deployment record."""
+    details = {k: record[k] for k in ("kind", "user", "limit", "hosts", "seconds") if k in record}
+    bundle = str(record.get("bundle") or "")
+    return {
+        "inventory": record["inventory"],
+        "bundle_name": bundle.rsplit("/", 1)[-1],
+        "version": record.get("version") or "",
+        "sha256": record.get("sha256") or "",
+        "hosts": sorted(record.get("hosts") or {}),
+        "result": record["result"],
+        "message": json.dumps(details, sort_keys=True),
+        "started_at": record["time"],
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+    }
+
+
+def record_deployment(
+    target: Target, record: Mapping[str, Any], prefer: Sequence[str] = ()
+) -> Recorded:
+    """Keep ``record`` locally (always) and in the platform database (when it can be reached).
+
+    A database that cannot be written does not fail the deployment: the caller warns."""
+    finished = time.time()
+    host, error = db_record(target, db_record_of(record, finished), prefer)
+    local = _record(target, {**record, "recorded_in": "database" if host else "local"})
+    return Recorded(local, host, error)
+
+
+def record_from_db(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A database record in the shape of a local one (what status prints)."""
+    try:
+        details = json.loads(row.get("message") or "{}")
+    except json.JSONDecodeError:
+        details = {"message": row.get("message")}
+    if not isinstance(details, dict):
+        details = {}
+    return {
+        "time": row.get("started_at") or "",
+        "user": details.get("user", "?"),
+        "kind": details.get("kind", "apply"),
+        "inventory": row.get("inventory"),
+        "limit": details.get("limit"),
+        "bundle": row.get("bundle_name") or "",
+        "version": row.get("version") or "",
+        "sha256": row.get("sha256") or "",
+        "hosts": details.get("hosts") or {h: "?" for h in row.get("hosts") or []},
+        "result": row.get("result") or "?",
+        "seconds": details.get("seconds"),
+    }
+
+
+def newest_deployment(target: Target) -> tuple[dict[str, Any] | None, str]:
+    """The last deployment and where it was read: the platform database, else the local file."""
+    row, host, error = db_last_deployment(target)
+    if host:
+        if row is None:
+            return None, f"platform database, read through {host}"
+        return record_from_db(row), f"platform database, read through {host}"
+    local = state_dir() / "deployments" / f"{target.name}.jsonl"
+    return last_deployment(target.name), f"local record {local}; database not read: {error}"
+
+
+def describe_deployment(record: Mapping[str, Any] | None, source: str) -> str:
+    """One line for people: the last deployment and where it was read."""
+    if record is None:
+        return f"last deployment: none recorded ({source})"
+    return (
+        f"last deployment: {record.get('kind', 'apply')} {record.get('time')} by "
+        f"{record.get('user', '?')}: {record.get('result')} (bundle {record.get('version') or '-'}"
+        f", limit {record.get('limit') or 'all'}) [{source}]"
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -209,9 +423,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         log_name=f"{target.name}-apply",
     )
     print_result(result, console, title=f"apply {target.name}")
-    _record(
+    recorded = record_deployment(
         target,
         {
+            "kind": "apply",
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "user": getpass.getuser(),
             "inventory": target.name,
@@ -224,6 +439,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             "seconds": round(result.seconds, 1),
         },
     )
+    _err(console, recorded.describe())
     return 0 if result.ok else 1
 
 
@@ -325,8 +541,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         log_name=f"{target.name}-status",
     )
     rows = status_rows(result)
+    last, source = newest_deployment(target)
     if args.json:
-        print(json.dumps({"hosts": rows, "last_deployment": last_deployment(target.name)}))
+        print(
+            json.dumps({"hosts": rows, "last_deployment": last, "last_deployment_source": source})
+        )
         return 0 if result.ok and _healthy(rows) else 1
     table = Table(title=f"status {target.name}", title_justify="left")
     for column in ("host", "types", "unit", "state", "release"):
@@ -354,15 +573,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             mark = "[green]ok[/]" if probe["ok"] else "[red]FAIL[/]"
             table.add_row("", "", f"probe: {probe['name']}", f"{mark} {probe['detail']}", "")
     out.print(table)
-    last = last_deployment(target.name)
-    if last:
-        out.print(
-            f"last deployment: {last['time']} by {last['user']}: {last['result']}"
-            f" (bundle {last.get('version') or '-'}, limit {last.get('limit') or 'all'})",
-            highlight=False,
-        )
-    else:
-        out.print("last deployment: none recorded from this controller", highlight=False)
+    out.print(describe_deployment(last, source), markup=False, highlight=False)
     return 0 if result.ok and _healthy(rows) else 1
 
 
