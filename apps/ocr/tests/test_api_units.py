@@ -59,6 +59,64 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
         b.close()
 
 
+def test_clients_that_come_back_are_waited_for_and_fill_the_batch() -> None:
+    # Eight closed-loop clients (keep-alive connections): each sends its next request as soon as
+    # the last one is answered. One arrives first and runs alone; the other seven queue up
+    # meanwhile. Without waiting for the returning client the batches would keep alternating
+    # 7, 1, 7, 1 (and under load n/2, n/2); with it they merge into full batches.
+    batches: list[int] = []
+
+    def slow(items: list[object]) -> list[tuple[str, float]]:
+        time.sleep(0.02)
+        return _echo(batches)(items)
+
+    b = DynamicBatcher(slow, max_batch_size=8, max_wait_ms=2000, max_queue=64)
+
+    async def client(k: int) -> None:
+        await asyncio.sleep(0 if k == 0 else 0.005)
+        for r in range(8):
+            assert await b.submit([f"{k}-{r}"], client=("127.0.0.1", 40000 + k)) == (
+                [(f"{k}-{r}", 0.5)],
+                None,
+            )
+
+    async def main() -> None:
+        await asyncio.gather(*(client(k) for k in range(8)))
+
+    try:
+        started = time.monotonic()
+        asyncio.run(main())
+        took = time.monotonic() - started
+    finally:
+        b.close()
+    assert sum(batches) == 64
+    # The first client runs alone; then every batch is full but the last (its 7 remaining).
+    assert batches == [1] + [8] * 7 + [7], batches
+    assert took < 5  # no max_wait_ms (2 s) was spent waiting in vain
+
+
+def test_one_off_clients_are_not_waited_for() -> None:
+    # A new connection per request (no keep-alive): its address never comes back, so after a
+    # few batches the batcher stops expecting it and a request runs at once.
+    batches: list[int] = []
+    b = DynamicBatcher(_echo(batches), max_batch_size=8, max_wait_ms=300, max_queue=8)
+
+    async def main() -> list[float]:
+        took = []
+        for k in range(30):
+            started = time.monotonic()
+            await b.submit([str(k)], client=("127.0.0.1", 50000 + k))
+            took.append(time.monotonic() - started)
+        return took
+
+    try:
+        took = asyncio.run(main())
+    finally:
+        b.close()
+    assert batches == [1] * 30
+    assert max(took[10:]) < 0.15, took  # far below max_wait_ms once it learned
+
+
 def test_full_queue_refuses_new_requests() -> None:
     gate, in_model = threading.Event(), threading.Event()
     batches: list[int] = []

@@ -322,7 +322,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             data = await _read_upload(request, settings.max_upload_bytes)
         try:
             # Decoding, page splitting and recognition all happen on the batch thread.
-            results, boxes = await lm.batcher.submit((data, mode))
+            peer = request.scope.get("client")  # the connection: its next request will follow
+            results, boxes = await lm.batcher.submit((data, mode), tuple(peer) if peer else None)
         except QueueFullError as exc:
             metrics.QUEUE_FULL.inc()
             raise HTTPException(
