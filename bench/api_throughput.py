@@ -56,6 +56,7 @@ class Sample:
     seconds: float
     errors: int
     cpu_s: float = 0.0  # CPU time the serving processes used (robust to other load)
+    reconnects: int = 0  # connections the API closed (Connection: close) and the client reopened
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -193,11 +194,11 @@ def http_request(port: int, token: str, data: bytes) -> bytes:
 
 async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: float) -> Sample:
     latencies: list[float] = []
-    errors = 0
+    errors = reconnects = 0
     end = time.perf_counter() + seconds
 
     async def client(k: int) -> None:
-        nonlocal errors
+        nonlocal errors, reconnects
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = k
         try:
@@ -207,12 +208,19 @@ async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: f
                 await writer.drain()
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head.split(b" ", 2)[1])
-                length = 0
+                length, close = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
+                    name = name.strip().lower()
+                    if name == b"content-length":
                         length = int(value)
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        close = True
                 await reader.readexactly(length)
+                if close:  # the server asked for a new connection (e.g. to even out workers)
+                    writer.close()
+                    reconnects += 1
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 if status != 200:
                     errors += 1
                 else:
@@ -223,7 +231,7 @@ async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: f
 
     started = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return Sample(latencies, time.perf_counter() - started, errors)
+    return Sample(latencies, time.perf_counter() - started, errors, reconnects=reconnects)
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ import difflib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -434,6 +435,95 @@ def test_concurrent_requests_share_model_calls(main: Main) -> None:
     assert metric(after, "llmops_api_queue_wait_seconds_count") > metric(
         before, "llmops_api_queue_wait_seconds_count"
     )
+
+
+def test_keep_alive_connections_end_up_spread_over_both_workers(main: Main) -> None:
+    """Keep-alive clients that all landed on one worker (the kernel gives a burst of new
+    connections to whichever worker accepts first; here the other one is stopped meanwhile)
+    are handed over with ``Connection: close`` until both workers hold about half of them,
+    and no request fails on the way."""
+    port = int(main.server.url.rsplit(":", 1)[1])
+    master = main.server.proc.pid
+    workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    line = png(render_line("spread me", seed=21))
+    boundary = "testboundary0"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="l.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + line
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = (
+        f"POST /v1/ocr?mode=line HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {main.server.token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    def per_worker() -> collections.Counter[int]:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return collections.Counter(
+            int(pid) for pid in re.findall(r"pid=(\d+)", out) if int(pid) in workers
+        )
+
+    statuses: collections.Counter[int] = collections.Counter()
+    reconnects = 0
+    spread: list[collections.Counter[int]] = []
+
+    async def client(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], stop: Any) -> None:
+        nonlocal reconnects
+        reader, writer = conn
+        try:
+            while not stop.is_set():
+                writer.write(request)
+                head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+                statuses[int(head.split()[1])] += 1
+                length = re.search(r"content-length: *(\d+)", head)
+                await reader.readexactly(int(length[1]) if length else 0)
+                if "connection: close" in head:
+                    writer.close()
+                    reconnects += 1
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        os.kill(workers[1], signal.SIGSTOP)
+        try:
+            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(16)]
+            deadline = time.monotonic() + 30
+            while per_worker()[workers[0]] < 16:  # all accepted by the running worker
+                assert time.monotonic() < deadline, f"not accepted: {per_worker()}"
+                await asyncio.sleep(0.05)
+        finally:
+            os.kill(workers[1], signal.SIGCONT)
+        tasks = [asyncio.ensure_future(client(c, stop)) for c in conns]
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                counts = await asyncio.to_thread(per_worker)
+                spread.append(counts)
+                if all(6 <= counts[w] <= 10 for w in workers):
+                    break
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert set(statuses) == {200}, statuses
+    assert all(6 <= spread[-1][w] <= 10 for w in workers), (
+        f"connections per worker: {dict(spread[0])} at first, {dict(spread[-1])} after 60 s"
+    )
+    assert reconnects < 100, f"{reconnects} reconnects: the workers keep handing clients back"
 
 
 def test_metrics_count_every_worker(main: Main) -> None:

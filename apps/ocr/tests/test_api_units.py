@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from llmops_ocr import db
+from llmops_ocr.api.balance import Balancer, WorkerTable
 from llmops_ocr.api.batching import DynamicBatcher, QueueFullError
 from llmops_ocr.api.history import HistoryWriter
 from llmops_ocr.api.settings import ApiSettings
@@ -115,6 +117,30 @@ def test_one_off_clients_are_not_waited_for() -> None:
         b.close()
     assert batches == [1] * 30
     assert max(took[10:]) < 0.15, took  # far below max_wait_ms once it learned
+
+
+def test_a_worker_with_more_clients_hands_some_over() -> None:
+    table = WorkerTable(slots=4)
+    table.attach(0, 1001)
+    table.attach(1, 1002)
+    table.publish(1, 4)  # the other worker serves 4 clients
+    busy = Balancer(table, 0)
+    now = 100.0
+    closed = []
+    for k in range(12):  # 12 clients arrive here: hand some over, at most one per interval
+        now += 0.01
+        if busy.should_close(("10.0.0.1", 3000 + k), now):
+            closed.append(k)
+    assert closed, "the busy worker closed no connection"
+    assert closed[0] == 5  # the 6th client is 2 above the other worker's 4
+    assert all(b - a >= 5 for a, b in itertools.pairwise(closed))  # >= SHED_INTERVAL_S apart
+    assert table.clients(0) == 12 - len(closed)
+    # The other worker took them: balanced within one client, nobody is handed over.
+    table.publish(1, table.clients(0) - 1)
+    assert not busy.should_close(("10.0.0.1", 3000), now + 0.1)
+    # A lone worker (the other one's slot released) keeps all of its clients.
+    table.release(1)
+    assert not busy.should_close(("10.0.0.1", 3001), now + 0.2)
 
 
 def test_full_queue_refuses_new_requests() -> None:

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
-from llmops_ocr.api import metrics
+from llmops_ocr.api import balance, metrics
 from llmops_ocr.api.auth import (
     Authenticator,
     AuthError,
@@ -192,6 +192,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.api = state
     app.add_middleware(metrics.MetricsMiddleware)
+    balancer = balance.middleware_args()
+    if balancer is not None:  # under gunicorn: even out keep-alive connections across workers
+        app.add_middleware(balance.BalanceMiddleware, balancer=balancer)
 
     @app.exception_handler(RequestValidationError)
     async def bad_params(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:

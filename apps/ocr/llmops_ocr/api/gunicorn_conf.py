@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from llmops_ocr.api import balance
 from llmops_ocr.config import ConfigError, load_config
 
 try:
@@ -36,6 +37,8 @@ def _metrics_dir() -> str:
 
 
 _METRICS_DIR = _metrics_dir()
+# Shared by all workers (made here, in the master, before it forks): see llmops_ocr.api.balance.
+balance.TABLE = balance.WorkerTable()
 
 wsgi_app = "llmops_ocr.api.app:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
@@ -57,8 +60,23 @@ def on_starting(server: Any) -> None:
         f.unlink(missing_ok=True)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the new worker a slot of the shared table no live worker holds."""
+    used = {getattr(w, "llmops_slot", -1) for w in server.WORKERS.values()}
+    worker.llmops_slot = balance.TABLE.free_slot(used) if balance.TABLE else None
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In the worker: take the slot, so that the app can publish its load there."""
+    if balance.TABLE is not None and worker.llmops_slot is not None:
+        balance.TABLE.attach(worker.llmops_slot, os.getpid())
+        balance.SLOT = worker.llmops_slot
+
+
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges (ready workers, model load time)."""
+    """Drop a dead worker's live gauges (ready workers, model load time) and its slot."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, _METRICS_DIR)
+    if balance.TABLE is not None and getattr(worker, "llmops_slot", None) is not None:
+        balance.TABLE.release(worker.llmops_slot)

@@ -1,0 +1,138 @@
+"""Evening out keep-alive connections across the gunicorn workers of one API host.
+
+All workers accept on one listening socket, and the kernel hands a burst of new connections to
+whichever worker calls accept() first: 32 connections opened at once often split 24 / 8.
+Keep-alive clients (the load balancer's upstream pool, the web app) then stay where they landed:
+one worker is overloaded while the other runs half-empty batches, which cost the model more CPU
+per line. So each worker publishes how many clients it served in the last moment in a small table
+that all workers share (anonymous shared memory the gunicorn master makes before it forks), and a
+worker holding more than one client above the least loaded worker answers one request with
+``Connection: close``. The client reconnects, and the worker that is idle first -- usually the
+less loaded one -- accepts it. Without gunicorn (tests, ``uvicorn`` directly) nothing changes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+from collections.abc import Hashable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SLOTS = 64
+_SLOT = struct.Struct("qq")  # worker pid (0 = free), clients seen within WINDOW_S
+_COUNT = struct.Struct("q")
+WINDOW_S = 0.5
+SHED_INTERVAL_S = 0.05  # at most one connection closed per interval and worker
+PRUNE_INTERVAL_S = 0.1
+
+
+class WorkerTable:
+    """Per-worker client counts in shared memory; made in the master, inherited by fork."""
+
+    def __init__(self, slots: int = SLOTS) -> None:
+        self.slots = slots
+        self._mm = mmap.mmap(-1, slots * _SLOT.size)
+
+    def free_slot(self, used: set[int]) -> int:
+        """The lowest slot number not in ``used`` (the slots of live workers)."""
+        for i in range(self.slots):
+            if i not in used:
+                return i
+        raise RuntimeError(f"more than {self.slots} API workers")
+
+    def attach(self, slot: int, pid: int) -> None:
+        _SLOT.pack_into(self._mm, slot * _SLOT.size, pid, 0)
+
+    def release(self, slot: int) -> None:
+        _SLOT.pack_into(self._mm, slot * _SLOT.size, 0, 0)
+
+    def publish(self, slot: int, clients: int) -> None:
+        _COUNT.pack_into(self._mm, slot * _SLOT.size + 8, clients)  # the pid half stays
+
+    def clients(self, slot: int) -> int:
+        return int(_SLOT.unpack_from(self._mm, slot * _SLOT.size)[1])
+
+    def least_other(self, slot: int) -> int | None:
+        """The fewest clients of any other live worker, None if this is the only one."""
+        least = None
+        for i in range(self.slots):
+            if i == slot:
+                continue
+            pid, n = _SLOT.unpack_from(self._mm, i * _SLOT.size)
+            if pid and (least is None or n < least):
+                least = n
+        return least
+
+
+# Set by gunicorn_conf: the table in the master (before forking), the slot in each worker.
+TABLE: WorkerTable | None = None
+SLOT: int | None = None
+
+
+class Balancer:
+    """One worker's view: its recent clients, and whether to close a connection to shed one."""
+
+    def __init__(self, table: WorkerTable, slot: int) -> None:
+        self.table = table
+        self.slot = slot
+        self._clients: dict[Hashable, float] = {}
+        self._pruned = 0.0
+        self._shed = 0.0
+        self.closed = 0  # connections closed to even out the workers (for tests and logs)
+
+    def should_close(self, client: Hashable, now: float | None = None) -> bool:
+        """Note a request of ``client``; True if its connection should close after it."""
+        now = time.monotonic() if now is None else now
+        new = client not in self._clients
+        self._clients[client] = now
+        if now - self._pruned > PRUNE_INTERVAL_S:
+            self._pruned = now
+            old = now - WINDOW_S
+            self._clients = {c: t for c, t in self._clients.items() if t > old}
+            new = True
+        if new:
+            self.table.publish(self.slot, len(self._clients))
+        if now - self._shed < SHED_INTERVAL_S:
+            return False
+        least = self.table.least_other(self.slot)
+        if least is None or len(self._clients) <= least + 1:
+            return False
+        self._shed = now
+        del self._clients[client]
+        self.table.publish(self.slot, len(self._clients))
+        self.closed += 1
+        return True
+
+
+class BalanceMiddleware:
+    """Adds ``Connection: close`` to responses of clients this worker should hand over."""
+
+    def __init__(self, app: ASGIApp, balancer: Balancer) -> None:
+        self.app = app
+        self.balancer = balancer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        peer = scope.get("client")
+        if scope["type"] != "http" or not peer:
+            await self.app(scope, receive, send)
+            return
+        if not self.balancer.should_close(tuple(peer)):
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
+def middleware_args() -> Balancer | None:
+    """The balancer of this worker, or None outside gunicorn (or with a single worker)."""
+    if TABLE is None or SLOT is None:
+        return None
+    return Balancer(TABLE, SLOT)
