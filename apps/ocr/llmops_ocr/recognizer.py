@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,6 +43,17 @@ def _compiled_conv(model: CRNN) -> Callable[[torch.Tensor], torch.Tensor]:
         return model.conv
 
 
+def _bf16_conv(model: CRNN) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The conv stack in bfloat16, channels-last: on AVX512-BF16 CPUs ~1.6x faster than the
+    frozen fp32 TorchScript stack (whose bf16 version is slower than fp32)."""
+    conv = copy.deepcopy(model.conv).to(torch.bfloat16).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return conv(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
+
+    return run
+
+
 def _split_directions(rnn: nn.LSTM) -> list[tuple[nn.LSTM, nn.LSTM]]:
     """A bidirectional LSTM as one (forward, backward) pair of 1-layer LSTMs per layer."""
     layers = []
@@ -69,12 +81,12 @@ class Recognizer:
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
         self.model = model.eval()
-        self._conv = _compiled_conv(self.model)
-        self._rnn_layers = _split_directions(self.model.rnn)
         # bfloat16 on CPUs that have it: ~1.6x faster, held-out CER within 0.05 points of fp32.
         self.precision = (
             ("bf16" if bf16_supported() else "fp32") if precision == "auto" else precision
         )
+        self._conv = _bf16_conv(self.model) if self.precision == "bf16" else _compiled_conv(model)
+        self._rnn_layers = _split_directions(self.model.rnn)
         self.metadata = metadata
         self.name: str = metadata.get("name", "crnn-ocr")
         self.version: str = metadata.get("version", "0.0.0")
@@ -120,7 +132,7 @@ class Recognizer:
         if not tensors:
             return []
         batch, lengths = pad_batch([t.squeeze(0).numpy() for t in tensors])
-        features = self._conv(batch)  # fp32 always: exact, and fast once frozen for oneDNN
+        features = self._conv(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logp = self._sequence(features, lengths).float()  # N, T, C
         probs, best = logp.exp().max(dim=-1)
@@ -144,12 +156,13 @@ class Recognizer:
         steps = torch.arange(t)[None, :]
         last = lengths.clamp(1, t)[:, None] - 1
         rev = torch.where(steps <= last, last - steps, steps)  # an involution per line
+        rows = (rev + torch.arange(n)[:, None] * t).reshape(-1)  # ... as rows of (N*T, D)
+
+        def flip(y: torch.Tensor) -> torch.Tensor:
+            return y.reshape(n * t, -1).index_select(0, rows).reshape(n, t, -1)
+
         for fwd, bwd in self._rnn_layers:
-            a = fwd(x)[0]
-            idx = rev[:, :, None].expand(n, t, x.shape[2])
-            b = bwd(x.gather(1, idx))[0]
-            b = b.gather(1, rev[:, :, None].expand(n, t, b.shape[2]))
-            x = torch.cat([a, b], dim=2)
+            x = torch.cat([fwd(x)[0], flip(bwd(flip(x))[0])], dim=2)
         return torch.log_softmax(m.fc(x), dim=-1)
 
     def recognize_lines(self, imgs: Sequence[Image.Image]) -> list[tuple[str, float]]:
