@@ -181,14 +181,25 @@ def segment_lines(img: Image.Image) -> list[Box]:
     return boxes
 
 
+def line_images(img: Image.Image) -> list[tuple[Box, Image.Image]]:
+    """The lines of a page, top to bottom: (box in page coordinates, grey crop of the line).
+
+    The crops come from the deskewed page (level text, as the recogniser was trained on); for
+    callers that batch crops themselves (the API's batcher).
+    """
+    grey, ink, angle = _deskewed(img)
+    w, h = grey.size
+    return [
+        (rotate_box(box, -angle, w, h) if angle else box, grey.crop(box)) for box in _segment(ink)
+    ]
+
+
 def ocr_page(
     recognizer: Recognizer, img: Image.Image, batch_size: int = 32
 ) -> list[dict[str, Any]]:
     """Read a page: [{"text", "confidence", "box": [x0, y0, x1, y1]}] in reading order."""
-    grey, ink, angle = _deskewed(img)
-    boxes = _segment(ink)
-    crops = [grey.crop(b) for b in boxes]
-    tensors = [recognizer.preprocess(c) for c in crops]
+    lines = line_images(img)
+    tensors = [recognizer.preprocess(crop) for _, crop in lines]
     # Batch lines of similar width together, so little of each batch is padding.
     order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1])
     results: list[tuple[str, float]] = [("", 0.0)] * len(tensors)
@@ -196,10 +207,8 @@ def ocr_page(
         idx = order[start : start + batch_size]
         for i, r in zip(idx, recognizer.predict([tensors[i] for i in idx]), strict=True):
             results[i] = r
-    w, h = grey.size
-    out = []
-    for box, (text, conf) in zip(boxes, results, strict=True):
-        page_box = rotate_box(box, -angle, w, h) if angle else box
-        if text.strip():
-            out.append({"text": text, "confidence": conf, "box": list(page_box)})
-    return out
+    return [
+        {"text": text, "confidence": conf, "box": list(box)}
+        for (box, _), (text, conf) in zip(lines, results, strict=True)
+        if text.strip()
+    ]

@@ -38,3 +38,14 @@ def test_light_text_on_dark_page_and_a_blank_page():
 def test_skew_is_measured():
     img, _ = synth.render_page(["a fairly long line of text here"] * 6, seed=5, skew_deg=1.5)
     assert abs(page.estimate_skew(page.binarise(img)) + 1.5) < 0.35
+
+
+def test_line_images_give_page_boxes_and_level_crops():
+    lines = ["first line of the page", "and a second one", "3rd"]
+    img, truth = synth.render_page(lines, seed=11, skew_deg=0.7)
+    got = page.line_images(img)
+    assert [box for box, _ in got] == page.segment_lines(img)
+    for (box, crop), want in zip(got, truth, strict=True):
+        cx, cy = (want[0] + want[2]) / 2, (want[1] + want[3]) / 2
+        assert box[0] <= cx <= box[2] and box[1] <= cy <= box[3], (box, want)
+        assert crop.mode == "L" and crop.height < 3 * (want[3] - want[1])
