@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,14 @@ def rollout_table(rollouts: Mapping[str, HostRollout], title: str) -> Table:
 
 
 def _span(r: HostRollout) -> str:
+    """When the host was out of rotation: ``HH:MM:SS-HH:MM:SS UTC, N s``."""
     start, end = r.times.get("drained", ""), r.times.get("undrained", "")
     try:
-        from datetime import datetime
-
-        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        t0, t1 = datetime.fromisoformat(start), datetime.fromisoformat(end)
     except ValueError:
         return "out of rotation"
-    return f"out of rotation {seconds:.0f} s"
+    seconds = (t1 - t0).total_seconds()
+    return f"out of rotation {t0:%H:%M:%S}-{t1:%H:%M:%S} UTC, {seconds:.0f} s"
 
 
 def _bundle_vars(
