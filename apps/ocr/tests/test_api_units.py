@@ -15,6 +15,7 @@ from llmops_ocr import db
 from llmops_ocr.api.balance import Balancer, WorkerTable
 from llmops_ocr.api.batching import DynamicBatcher, QueueFullError
 from llmops_ocr.api.history import HistoryWriter
+from llmops_ocr.api.ocr_endpoint import BadRequestError, parse_multipart
 from llmops_ocr.api.settings import ApiSettings
 from llmops_ocr.config import ConfigError
 from sqlalchemy import URL, func, select
@@ -123,9 +124,9 @@ def test_a_worker_with_more_clients_hands_some_over() -> None:
     table = WorkerTable(slots=4)
     table.attach(0, 1001)
     table.attach(1, 1002)
-    table.publish(1, 4)  # the other worker serves 4 clients
-    busy = Balancer(table, 0)
     now = 100.0
+    table.publish(1, 4, now)  # the other worker serves 4 clients
+    busy = Balancer(table, 0)
     closed = []
     for k in range(12):  # 12 clients arrive here: hand some over, at most one per interval
         now += 0.01
@@ -134,13 +135,18 @@ def test_a_worker_with_more_clients_hands_some_over() -> None:
     assert closed, "the busy worker closed no connection"
     assert closed[0] == 5  # the 6th client is 2 above the other worker's 4
     assert all(b - a >= 5 for a, b in itertools.pairwise(closed))  # >= SHED_INTERVAL_S apart
-    assert table.clients(0) == 12 - len(closed)
+    assert table.clients(0, now) == 12 - len(closed)
     # The other worker took them: balanced within one client, nobody is handed over.
-    table.publish(1, table.clients(0) - 1)
-    assert not busy.should_close(("10.0.0.1", 3000), now + 0.1)
+    now += 0.1
+    table.publish(1, table.clients(0, now) - 1, now)
+    assert not busy.should_close(("10.0.0.1", 3000), now)
+    # A worker whose count is old had no requests since: it has no clients, hand it some.
+    now += 1.0
+    assert table.clients(1, now) == 0
+    assert any(busy.should_close(("10.0.0.1", 3000 + k), now) for k in range(8))
     # A lone worker (the other one's slot released) keeps all of its clients.
     table.release(1)
-    assert not busy.should_close(("10.0.0.1", 3001), now + 0.2)
+    assert not busy.should_close(("10.0.0.1", 3001), now + 1.0)
 
 
 def test_full_queue_refuses_new_requests() -> None:
@@ -261,3 +267,68 @@ def test_settings_reject_bad_values_naming_the_key() -> None:
         Path("/x"),
         9,
     )
+
+
+def _multipart(*parts: tuple[str, bytes], boundary: str = "b0undary") -> bytes:
+    out = b"preamble ignored\r\n"
+    for disposition, content in parts:
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content
+        out += b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_multipart_parser_finds_the_file_part() -> None:
+    body = _multipart(
+        ('form-data; name="note"', b"hello"),
+        ('form-data; name="file"; filename="a;b \\"c\\".png"', b"\x89PNG\r\n--not-it\r\n"),
+    )
+    ctype = 'multipart/form-data; charset=utf-8; boundary="b0undary"'
+    assert parse_multipart(body, ctype) == b"\x89PNG\r\n--not-it\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "message"),
+    [
+        (
+            _multipart(('form-data; name="file"', b"x")),
+            "multipart/form-data; boundary=b0undary",
+            "no file field named 'file'",
+        ),
+        (
+            _multipart(('form-data; name="image"; filename="x"', b"x")),
+            "multipart/form-data; boundary=b0undary",
+            "no file field named 'file'",
+        ),
+        (
+            _multipart(
+                ('form-data; name="file"; filename="x"', b"x"),
+                ('form-data; name="file"; filename="y"', b"y"),
+            ),
+            "multipart/form-data; boundary=b0undary",
+            "exactly one file",
+        ),
+        (
+            _multipart(*[('form-data; name="f"', b"x")] * 9),
+            "multipart/form-data; boundary=b0undary",
+            "more than 8 parts",
+        ),
+        (
+            _multipart(('form-data; name="f"', b"x" * 70_000)),
+            "multipart/form-data; boundary=b0undary",
+            "larger than",
+        ),
+        (
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nab',
+            "multipart/form-data; boundary=b0undary",
+            "not terminated",
+        ),
+        (b"no delimiter at all", "multipart/form-data; boundary=b0undary", "never appears"),
+        (b"--x--", "multipart/form-data", "no boundary"),
+    ],
+)
+def test_multipart_parser_refuses_malformed_bodies_with_400(
+    body: bytes, ctype: str, message: str
+) -> None:
+    with pytest.raises(BadRequestError, match=message) as err:
+        parse_multipart(body, ctype)
+    assert err.value.status == 400

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -17,11 +16,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.routing import Route
 
 from llmops_ocr.api import balance, metrics
 from llmops_ocr.api.auth import (
@@ -30,16 +28,13 @@ from llmops_ocr.api.auth import (
     AuthUnavailableError,
     Principal,
 )
-from llmops_ocr.api.batching import BatcherStoppedError, QueueFullError
 from llmops_ocr.api.history import HistoryWriter
+from llmops_ocr.api.ocr_endpoint import RETRY_AFTER_S, VERSION_PATTERN, OcrEndpoint
 from llmops_ocr.api.registry import LoadedModel, load_models
 from llmops_ocr.api.settings import ApiSettings
 from llmops_ocr.config import read_credential
 
 log = logging.getLogger("llmops_ocr.api")
-
-VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
-RETRY_AFTER_S = "1"
 
 
 class ModelRef(BaseModel):
@@ -113,10 +108,6 @@ UPLOAD_BODY = {
         },
     }
 }
-
-
-class BodyTooLargeError(Exception):
-    pass
 
 
 @dataclass
@@ -270,8 +261,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         openapi_extra=UPLOAD_BODY,
     )
     async def ocr(
-        request: HttpRequest,
-        who: Annotated[Principal, Depends(principal)],
+        _: Annotated[Principal, Depends(principal)],
         model_version: Annotated[
             str | None,
             Query(
@@ -283,128 +273,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             Literal["line", "page"],
             Query(description="`line`: the image is one text line; `page`: split it into lines"),
         ] = "page",
-    ) -> Response:
-        started = time.perf_counter()
-        version = model_version or settings.default_version
-        status, n_lines, error = 500, 0, None
-        try:
-            result = await _ocr(request, version, mode, started)
-            status, n_lines = 200, len(result.lines)
-            return JSONResponse(result.model_dump())
-        except HTTPException as exc:
-            status, error = exc.status_code, str(exc.detail)[:500]
-            raise
-        finally:
-            if state.history is not None:
-                state.history.record(
-                    client=who.client,
-                    user_id=who.user_id,
-                    api_key_id=who.api_key_id,
-                    model_name=settings.model_name,
-                    model_version=version,
-                    mode=mode,
-                    status_code=status,
-                    lines=n_lines,
-                    elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
-                    error=error,
-                )
-
-    async def _ocr(request: HttpRequest, version: str, mode: str, started: float) -> OcrResponse:
-        lm = state.models.get(version)
-        if lm is None:
-            known = sorted(state.models)
-            raise HTTPException(
-                404,
-                {
-                    "message": f"unknown model_version {version!r}; known versions: "
-                    + ", ".join(known),
-                    "known_versions": known,
-                },
-            )
-        with lm.batcher.incoming():
-            data = await _read_upload(request, settings.max_upload_bytes)
-        try:
-            # Decoding, page splitting and recognition all happen on the batch thread.
-            peer = request.scope.get("client")  # the connection: its next request will follow
-            results, boxes = await lm.batcher.submit((data, mode), tuple(peer) if peer else None)
-        except QueueFullError as exc:
-            metrics.QUEUE_FULL.inc()
-            raise HTTPException(
-                503, f"{exc}; retry later", headers={"Retry-After": RETRY_AFTER_S}
-            ) from None
-        except BatcherStoppedError as exc:
-            raise HTTPException(
-                503, f"{exc}; retry", headers={"Retry-After": RETRY_AFTER_S}
-            ) from None
-        lines = [
-            OcrLine(text=t, confidence=min(1.0, max(0.0, float(c))), box=b)
-            for (t, c), b in zip(results, boxes, strict=True)
-            if mode == "line" or t.strip()  # a page line read as nothing is noise, like ocr_page
-        ]
-        return OcrResponse(
-            model=ModelRef(name=lm.recognizer.name, version=version),
-            text="\n".join(line.text for line in lines),
-            lines=lines,
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+    ) -> OcrResponse:
+        """Declaration only: the schema is generated from it; OcrEndpoint serves the requests."""
+        raise NotImplementedError
 
     @app.exception_handler(HTTPException)
     async def http_error(_: HttpRequest, exc: HTTPException) -> JSONResponse:
-        if isinstance(exc.detail, dict) and "known_versions" in exc.detail:
-            return _json_error(
-                exc.status_code,
-                exc.detail["message"],
-                known_versions=exc.detail["known_versions"],
-                headers=exc.headers,
-            )
         return _json_error(exc.status_code, exc.detail, headers=exc.headers)
 
+    # Generate (and cache) the OpenAPI schema from the declared routes, then let the lean
+    # handler serve POST /v1/ocr in the declared route's place.
+    app.openapi()
+    for i, route in enumerate(app.router.routes):
+        if isinstance(route, APIRoute) and route.path == "/v1/ocr":
+            app.router.routes[i] = Route(OcrEndpoint.path, OcrEndpoint(state), methods=["POST"])
     return app
-
-
-async def _read_upload(request: HttpRequest, limit: int) -> bytes:
-    """The bytes of the multipart ``file`` field; 413 as soon as the body passes ``limit``."""
-    ctype = request.headers.get("content-type", "")
-    if not ctype.lower().startswith("multipart/form-data"):
-        raise HTTPException(415, "send the image as multipart/form-data with a field named 'file'")
-    # "Connection: close" makes the server drop the connection instead of reading (and
-    # discarding) the rest of an oversized body, so the client learns early too.
-    too_large = HTTPException(
-        413,
-        f"upload larger than the limit of {limit} bytes (max_upload_bytes)",
-        headers={"Connection": "close"},
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    received = 0
-    receive = request.receive
-
-    async def counting_receive() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLargeError
-        return message
-
-    limited = HttpRequest(request.scope, counting_receive)
-    try:
-        form = await limited.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
-    except BodyTooLargeError:
-        raise too_large from None
-    except StarletteHTTPException as exc:
-        raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"malformed multipart body: {exc}") from None
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, "the multipart body has no file field named 'file'")
-        return await upload.read()
-    finally:
-        await form.close()
 
 
 def _configure_logging() -> None:

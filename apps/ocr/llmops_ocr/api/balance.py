@@ -21,8 +21,10 @@ from collections.abc import Hashable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SLOTS = 64
-_SLOT = struct.Struct("qq")  # worker pid (0 = free), clients seen within WINDOW_S
-_COUNT = struct.Struct("q")
+# worker pid (0 = free), clients seen within WINDOW_S, when that was counted (time.monotonic(),
+# the same clock in every process)
+_SLOT = struct.Struct("qqd")
+_COUNT = struct.Struct("qd")
 WINDOW_S = 0.5
 SHED_INTERVAL_S = 0.05  # at most one connection closed per interval and worker
 PRUNE_INTERVAL_S = 0.1
@@ -43,25 +45,27 @@ class WorkerTable:
         raise RuntimeError(f"more than {self.slots} API workers")
 
     def attach(self, slot: int, pid: int) -> None:
-        _SLOT.pack_into(self._mm, slot * _SLOT.size, pid, 0)
+        _SLOT.pack_into(self._mm, slot * _SLOT.size, pid, 0, 0.0)
 
     def release(self, slot: int) -> None:
-        _SLOT.pack_into(self._mm, slot * _SLOT.size, 0, 0)
+        _SLOT.pack_into(self._mm, slot * _SLOT.size, 0, 0, 0.0)
 
-    def publish(self, slot: int, clients: int) -> None:
-        _COUNT.pack_into(self._mm, slot * _SLOT.size + 8, clients)  # the pid half stays
+    def publish(self, slot: int, clients: int, now: float) -> None:
+        _COUNT.pack_into(self._mm, slot * _SLOT.size + 8, clients, now)  # the pid stays
 
-    def clients(self, slot: int) -> int:
-        return int(_SLOT.unpack_from(self._mm, slot * _SLOT.size)[1])
+    def clients(self, slot: int, now: float) -> int:
+        """The clients a worker served within WINDOW_S before ``now``."""
+        _, n, when = _SLOT.unpack_from(self._mm, slot * _SLOT.size)
+        return int(n) if now - when < WINDOW_S else 0  # no request since: it has none
 
-    def least_other(self, slot: int) -> int | None:
+    def least_other(self, slot: int, now: float) -> int | None:
         """The fewest clients of any other live worker, None if this is the only one."""
         least = None
         for i in range(self.slots):
-            if i == slot:
+            if i == slot or not _SLOT.unpack_from(self._mm, i * _SLOT.size)[0]:
                 continue
-            pid, n = _SLOT.unpack_from(self._mm, i * _SLOT.size)
-            if pid and (least is None or n < least):
+            n = self.clients(i, now)
+            if least is None or n < least:
                 least = n
         return least
 
@@ -93,15 +97,15 @@ class Balancer:
             self._clients = {c: t for c, t in self._clients.items() if t > old}
             new = True
         if new:
-            self.table.publish(self.slot, len(self._clients))
+            self.table.publish(self.slot, len(self._clients), now)
         if now - self._shed < SHED_INTERVAL_S:
             return False
-        least = self.table.least_other(self.slot)
+        least = self.table.least_other(self.slot, now)
         if least is None or len(self._clients) <= least + 1:
             return False
         self._shed = now
         del self._clients[client]
-        self.table.publish(self.slot, len(self._clients))
+        self.table.publish(self.slot, len(self._clients), now)
         self.closed += 1
         return True
 
