@@ -124,6 +124,8 @@ def eval_lines(
             "lines_per_s_batch1": n / t1,
             "lines_per_s_batched": n / tb,
             "cer_batched": scores(oursb, refs)["cer"],
+            # Batches hold lines of similar width (little padding), as a batching server would.
+            "batched_order": "by aspect ratio",
         },
     }
     groups = sorted({p.name.split("-")[0] for p, _ in items})
