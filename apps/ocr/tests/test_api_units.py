@@ -133,12 +133,12 @@ def test_a_worker_with_more_clients_hands_some_over() -> None:
         if busy.should_close(("10.0.0.1", 3000 + k), now):
             closed.append(k)
     assert closed, "the busy worker closed no connection"
-    assert closed[0] == 5  # the 6th client is 2 above the other worker's 4
+    assert closed[0] == 6  # the 7th client is 3 above the other worker's 4
     assert all(b - a >= 5 for a, b in itertools.pairwise(closed))  # >= SHED_INTERVAL_S apart
     assert table.clients(0, now) == 12 - len(closed)
-    # The other worker took them: balanced within one client, nobody is handed over.
+    # The other worker took them: balanced within two clients, nobody is handed over.
     now += 0.1
-    table.publish(1, table.clients(0, now) - 1, now)
+    table.publish(1, table.clients(0, now) - 2, now)
     assert not busy.should_close(("10.0.0.1", 3000), now)
     # A worker whose count is old had no requests since: it has no clients, hand it some.
     now += 1.0

@@ -6,7 +6,7 @@ Keep-alive clients (the load balancer's upstream pool, the web app) then stay wh
 one worker is overloaded while the other runs half-empty batches, which cost the model more CPU
 per line. So each worker publishes how many clients it served in the last moment in a small table
 that all workers share (anonymous shared memory the gunicorn master makes before it forks), and a
-worker holding more than one client above the least loaded worker answers one request with
+worker holding more than TOLERANCE clients above the least loaded worker answers one request with
 ``Connection: close``. The client reconnects, and the worker that is idle first -- usually the
 less loaded one -- accepts it. Without gunicorn (tests, ``uvicorn`` directly) nothing changes.
 """
@@ -28,6 +28,9 @@ _COUNT = struct.Struct("qd")
 WINDOW_S = 0.5
 SHED_INTERVAL_S = 0.05  # at most one connection closed per interval and worker
 PRUNE_INTERVAL_S = 0.1
+# Hand a client over only when this worker has more than this many clients above the least
+# loaded one: a client handed over may land here again, so small differences are left alone.
+TOLERANCE = 2
 
 
 class WorkerTable:
@@ -101,7 +104,7 @@ class Balancer:
         if now - self._shed < SHED_INTERVAL_S:
             return False
         least = self.table.least_other(self.slot, now)
-        if least is None or len(self._clients) <= least + 1:
+        if least is None or len(self._clients) <= least + TOLERANCE:
             return False
         self._shed = now
         del self._clients[client]
