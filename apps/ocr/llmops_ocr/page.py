@@ -144,8 +144,10 @@ def _segment(ink: np.ndarray) -> list[Box]:
         core = c1 - c0
         xh = xh_page if 0.6 * xh_page <= core <= 1.6 * xh_page else core
         xh = max(xh, 4)
-        top = min(y0 - 2, int(c1 - 2.3 * xh))
-        bottom = max(y1 + 2, int(c1 + 0.9 * xh))
+        # Tuned on 60 generated pages apart from the held-out set (page CER 2.27% -> 0.79%
+        # with crnn-ocr 1.0.0 when going from 2.3/0.9 x-heights to these).
+        top = min(y0 - 2, int(c1 - 1.9 * xh))
+        bottom = max(y1 + 2, int(c1 + 0.75 * xh))
         ph = max(3, int(0.8 * xh))
         boxes.append(
             (
