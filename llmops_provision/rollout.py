@@ -298,5 +298,6 @@ def add_rollout_options(parser: argparse.ArgumentParser) -> None:
         "--ready-timeout",
         type=int,
         metavar="SECONDS",
-        help="how long a host may take to pass its checks (default: the role's, api 300, web 120)",
+        help="how long a host may take to get ready on the new release (default: the role's, "
+        "api 300, web 120; a host rolled back always gets the role's default)",
     )
