@@ -1,16 +1,20 @@
 """Lines/s of the OCR model in-process with dynamic batching vs through the API, side by side.
 
-    .venv/bin/python bench/api_throughput.py [--seconds 8] [--concurrency 1 8 32]
+    .venv/bin/python bench/api_throughput.py [--seconds 12] [--rounds 4] [--concurrency 1 8 32]
 
-For each concurrency level, in turn (so both see the same background load):
+For each concurrency level N, in alternating slices (so both see the same background load):
 - in-process: N lines in flight spread over `workers` plain processes (threads_per_worker torch
   threads each: the API's CPU budget, without HTTP or the dynamic batcher), each decoding the PNGs,
-  preprocessing and calling Recognizer.predict in batches of max_batch_size; a line's latency is
-  the time of its whole group;
+  preprocessing and calling Recognizer.predict in batches of up to max_batch_size (N / workers
+  lines per call); a line's latency is the time of its whole group;
 - API: N keep-alive HTTP/1.1 connections to gunicorn (2 uvicorn workers, 1 torch thread each,
-  SQLite request history) on 127.0.0.1, POST /v1/ocr?mode=line with the same PNGs.
-The HTTP client is a minimal raw-socket one so that the load generator costs little CPU.
-Prints a table (lines/s, p50, p99 latency) and the API / in-process ratio. It never asserts.
+  SQLite request history, access log to /dev/null) on 127.0.0.1, POST /v1/ocr?mode=line with
+  the same PNGs, same model directory; the first --api-warmup seconds of each slice (new
+  connections, the workers evening them out) are not counted.
+The load generator runs on the same 2 CPUs as the API, so its CPU counts against the API; it is a
+minimal asyncio raw-socket client in one thread, and its CPU per line is reported. Prints a table
+(lines/s, p50, p99, lines per model call, CPU per line) and the API / in-process ratio, and the
+machine's load average. It never asserts.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Sample:
     errors: int
     cpu_s: float = 0.0  # CPU time the serving processes used (robust to other load)
     reconnects: int = 0  # connections the API closed (Connection: close) and the client reopened
+    client_cpu_s: float = 0.0  # CPU time of the load generator (this process), API side only
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -192,10 +197,23 @@ def http_request(port: int, token: str, data: bytes) -> bytes:
     return head + body
 
 
-async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: float) -> Sample:
+async def run_api(
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    seconds: float,
+    warmup: float = 0.0,
+    pids: list[int] | None = None,
+) -> Sample:
+    """``concurrency`` keep-alive clients for ``warmup`` + ``seconds``; only requests started
+    after the warm-up (new connections, workers evening them out) count, and the CPU of
+    ``pids`` and of this client is measured over the same span."""
     latencies: list[float] = []
     errors = reconnects = 0
-    end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    counting = t0 + warmup
+    end = counting + seconds
+    marks: dict[str, float] = {}
 
     async def client(k: int) -> None:
         nonlocal errors, reconnects
@@ -219,19 +237,33 @@ async def run_api(port: int, requests: list[bytes], concurrency: int, seconds: f
                 await reader.readexactly(length)
                 if close:  # the server asked for a new connection (e.g. to even out workers)
                     writer.close()
-                    reconnects += 1
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                if status != 200:
-                    errors += 1
-                else:
-                    latencies.append(time.perf_counter() - started)
+                if started >= counting:
+                    if close:
+                        reconnects += 1
+                    if status != 200:
+                        errors += 1
+                    else:
+                        latencies.append(time.perf_counter() - started)
                 i += concurrency
         finally:
             writer.close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return Sample(latencies, time.perf_counter() - started, errors, reconnects=reconnects)
+    async def meter() -> None:
+        await asyncio.sleep(max(0.0, counting - time.perf_counter()))
+        marks["t"] = time.perf_counter()
+        marks["cpu"] = cpu_seconds(pids or [])
+        marks["client"] = time.process_time()
+
+    await asyncio.gather(meter(), *(client(k) for k in range(concurrency)))
+    return Sample(
+        latencies,
+        time.perf_counter() - marks["t"],
+        errors,
+        cpu_s=cpu_seconds(pids or []) - marks["cpu"],
+        reconnects=reconnects,
+        client_cpu_s=time.process_time() - marks["client"],
+    )
 
 
 def free_port() -> int:
@@ -315,6 +347,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="measuring time per cell")
     ap.add_argument("--rounds", type=int, default=4, help="alternating slices per cell")
+    ap.add_argument(
+        "--api-warmup",
+        type=float,
+        default=0.5,
+        help="seconds not counted at the start of each API slice (new connections settle)",
+    )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads-per-worker", type=int, default=1)
@@ -348,9 +386,11 @@ def main() -> None:
         f"API: {args.workers} workers x {args.threads_per_worker} torch thread(s); in-process: "
         f"{args.workers} processes x {args.threads_per_worker} torch thread(s); "
         f"batching {args.max_batch_size} / {args.max_wait_ms} ms; "
-        f"{args.seconds:.0f} s per cell; line images of up to 32 characters (PNG)"
+        f"{args.seconds:.0f} s per cell in {args.rounds} alternating slices "
+        f"(API slices: +{args.api_warmup} s warm-up); line images of up to 32 characters (PNG)"
     )
     rows = []
+    loads = [os.getloadavg()[0]]
     pool_pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
     api_pids = children(proc.pid)
     try:
@@ -367,13 +407,17 @@ def main() -> None:
                 cpu0 = cpu_seconds(pool_pids)
                 ins.append(run_in_process(pool, args.workers, c, args.max_batch_size, piece))
                 ins[-1].cpu_s = cpu_seconds(pool_pids) - cpu0
-                cpu0 = cpu_seconds(api_pids)
-                outs.append(asyncio.run(run_api(port, requests, c, piece)))
-                outs[-1].cpu_s = cpu_seconds(api_pids) - cpu0
+                outs.append(
+                    asyncio.run(run_api(port, requests, c, piece, args.api_warmup, api_pids))
+                )
+                loads.append(os.getloadavg()[0])
             n1, s1 = batch_stats(url)
             inproc, api = summarise(ins), summarise(outs)
             mean_batch = (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan")
-            rows.append((c, inproc, api, mean_batch))
+            client_cpu = sum(o.client_cpu_s for o in outs)
+            lines = sum(len(o.latencies) for o in outs)
+            reconnects = sum(o.reconnects for o in outs)
+            rows.append((c, inproc, api, mean_batch, 1000 * client_cpu / max(1, lines), reconnects))
             print(
                 f"  c={c}: in-process {inproc.lines_per_s:.1f}/s, API {api.lines_per_s:.1f}/s",
                 flush=True,
@@ -388,27 +432,34 @@ def main() -> None:
 
     print()
     print(
-        "| concurrency | in-process lines/s | p50 ms | p99 ms | CPU ms/line "
-        "| API lines/s | p50 ms | p99 ms | CPU ms/line | API mean batch "
-        "| API / in-process (lines/s) | (CPU per line) |"
+        "| concurrency | in-process lines/s | p50 ms | p99 ms | batch "
+        "| API lines/s | p50 ms | p99 ms | mean batch | API / in-process "
+        "| CPU ms/line in-process | API | client | reconnects |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for c, a, b, mb in rows:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c, a, b, mb, client_ms, reconnects in rows:
+        group = c // min(args.workers, c)
         print(
             f"| {c} | {a.lines_per_s:.1f} | {a.p50_ms:.1f} | {a.p99_ms:.1f} "
-            f"| {a.cpu_ms_per_line:.1f} | {b.lines_per_s:.1f} | {b.p50_ms:.1f} "
-            f"| {b.p99_ms:.1f} | {b.cpu_ms_per_line:.1f} | {mb:.1f} "
-            f"| {b.lines_per_s / a.lines_per_s:.0%} "
-            f"| {a.cpu_ms_per_line / b.cpu_ms_per_line:.0%} |"
+            f"| {min(group, args.max_batch_size)} "
+            f"| {b.lines_per_s:.1f} | {b.p50_ms:.1f} | {b.p99_ms:.1f} | {mb:.1f} "
+            f"| **{b.lines_per_s / a.lines_per_s:.0%}** "
+            f"| {a.cpu_ms_per_line:.2f} | {b.cpu_ms_per_line:.2f} | {client_ms:.2f} "
+            f"| {reconnects} |"
         )
     print(
-        "(CPU per line = in-process CPU ms/line / API CPU ms/line: the throughput ratio when both "
-        "have the CPUs to themselves; robust to other load on the machine)"
+        "(batch: lines per model call; CPU ms/line: user+system CPU of the 2 in-process "
+        "processes / of the 2 API workers / of this load generator, per line; reconnects: "
+        "connections the API closed to even out its workers, counted after the warm-up)"
     )
-    errs = sum(a.errors + b.errors for _, a, b, _ in rows)
+    errs = sum(a.errors + b.errors for _, a, b, _, _, _ in rows)
     if errs:
         print(f"errors: {errs} requests failed")
-    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    loads.append(os.getloadavg()[0])
+    print(
+        f"load average (1 min) during the run: min {min(loads):.1f}, mean "
+        f"{sum(loads) / len(loads):.1f}, max {max(loads):.1f}"
+    )
 
 
 if __name__ == "__main__":
