@@ -41,4 +41,6 @@ def test_molecule_scenario(scenario: str, require_root: None) -> None:
 
 
 def test_scenarios_found() -> None:
-    assert "lab-smoke" in SCENARIOS, f"no molecule/lab-smoke/molecule.yml under {REPO}"
+    # site = the whole platform on the default lab (issue 7); the others one role each.
+    for name in ("lab-smoke", "load_balancer", "monitoring", "site"):
+        assert name in SCENARIOS, f"no molecule/{name}/molecule.yml under {REPO}"
