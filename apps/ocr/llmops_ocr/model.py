@@ -190,6 +190,10 @@ def preprocess_array(img: Image.Image) -> np.ndarray:
 
 
 _LEVELS = np.arange(256, dtype=np.float32)
+# Row framing of line images at inference (preprocess_line's `rows`), chosen on 600 generated
+# dev lines apart from the held-out set: dev CER 2.28% -> 2.06% with crnn-ocr 1.0.0, held-out
+# 1.30% -> 0.92% (lines with wide blank margins above or below get their text scaled up).
+LINE_FRAME = (2.2, 0.85)
 
 
 def _kth(cum: np.ndarray, k: int) -> int:
@@ -197,13 +201,34 @@ def _kth(cum: np.ndarray, k: int) -> int:
     return int(np.searchsorted(cum, k, side="right"))
 
 
-def preprocess_line(img: Image.Image) -> np.ndarray:
-    """`preprocess_array`'s exact result, about twice as fast (what the Recognizer uses).
+def _frame_rows(
+    a8: np.ndarray, mask: np.ndarray, above: float, below: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop blank rows: keep `above` x-heights above the baseline and `below` under it."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    if rows.size == 0:
+        return a8, mask
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    prof = mask[y0:y1].sum(axis=1)
+    dense = np.nonzero(prof >= 0.5 * prof.max())[0]  # the x-height zone
+    c0, c1 = y0 + int(dense[0]), y0 + int(dense[-1]) + 1
+    xh = max(c1 - c0, 4)
+    top = max(0, min(y0 - 2, int(c1 - above * xh)))
+    bottom = min(a8.shape[0], max(y1 + 2, int(c1 + below * xh)))
+    return a8[top:bottom], mask[top:bottom]
 
-    The statistics (median, extremes, 0.5th percentile) come from a 256-bin histogram instead
-    of sorting the pixels, and the contrast stretch is a 256-entry lookup table computed with
-    the same float32 arithmetic. preprocess_array stays the reference: training uses it and its
-    source keys the training data cache; a test checks both agree bit for bit.
+
+def preprocess_line(img: Image.Image, rows: tuple[float, float] | None = None) -> np.ndarray:
+    """What the Recognizer feeds the model: `preprocess_array`, faster, plus row framing.
+
+    Without `rows` the result is preprocess_array's exactly (a test checks it bit for bit),
+    about twice as fast: the statistics (median, extremes, 0.5th percentile) come from a 256-bin
+    histogram instead of sorting the pixels, and the contrast stretch is a 256-entry lookup
+    table computed with the same float32 arithmetic. preprocess_array stays the reference:
+    training uses it and its source keys the training data cache.
+
+    rows=(above, below): first crop blank rows to `above` x-heights over the baseline and
+    `below` under it (never cutting ink), so text fills more of the 32 pixels; see LINE_FRAME.
     """
     g = ImageOps.grayscale(img) if img.mode != "L" else img
     u = np.asarray(g)
@@ -225,8 +250,11 @@ def preprocess_line(img: Image.Image) -> np.ndarray:
     span = max(bg - ink, 1.0)
     lut = np.clip((bg - levels) / span, 0.0, 1.0)  # ink -> 1, background -> 0
     a8 = (lut * 255).astype(np.uint8)[u]
-    h, w = u.shape
-    cols = np.nonzero((lut > 0.5)[u].any(axis=0))[0]
+    mask = (lut > 0.5)[u]
+    if rows and span > 24:
+        a8, mask = _frame_rows(a8, mask, *rows)
+    h, w = a8.shape
+    cols = np.nonzero(mask.any(axis=0))[0]
     if cols.size and span > 24:
         pad = max(2, h // 4)
         x0, x1 = max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)

@@ -15,7 +15,15 @@ from PIL import Image
 from torch import nn
 
 from .charset import Codec
-from .model import CRNN, build_model, fuse_for_inference, pad_batch, preprocess_line, sha256_file
+from .model import (
+    CRNN,
+    LINE_FRAME,
+    build_model,
+    fuse_for_inference,
+    pad_batch,
+    preprocess_line,
+    sha256_file,
+)
 
 
 def bf16_supported() -> bool:
@@ -123,8 +131,8 @@ class Recognizer:
         return cls(fuse_for_inference(model), metadata, precision)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """A line image -> float tensor 1 x 32 x W (ink 1, background 0)."""
-        return torch.from_numpy(preprocess_line(img))[None]
+        """A line image -> float tensor 1 x 32 x W (ink 1, background 0), rows framed."""
+        return torch.from_numpy(preprocess_line(img, LINE_FRAME))[None]
 
     @torch.inference_mode()
     def predict(self, tensors: Sequence[torch.Tensor]) -> list[tuple[str, float]]:

@@ -10,6 +10,7 @@ import torch
 from llmops_ocr import synth, train
 from llmops_ocr.model import (
     CRNN,
+    LINE_FRAME,
     count_params,
     fuse_for_inference,
     pad_batch,
@@ -18,6 +19,7 @@ from llmops_ocr.model import (
     save_model_dir,
 )
 from llmops_ocr.recognizer import ModelDirError, Recognizer
+from PIL import ImageOps
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "crnn-ocr" / "1.0.0"
 DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -122,3 +124,14 @@ def test_recognizer_sequence_equals_the_packed_lstm():
         want, got = model.sequence(f, lengths), rec._sequence(f, lengths)
     for i, n in enumerate(lengths.tolist()):
         assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5)
+
+
+def test_wide_blank_margins_are_framed_away(shipped):
+    """A line with much blank space above and below is read at the size of a tight crop."""
+    text = "Margins 2024-05-17: $88.10"
+    img = synth.render_line(text, seed=7, font=DEJAVU, size=26, augment=False)
+    roomy = ImageOps.expand(img, border=(0, 70, 0, 90), fill=255)
+    tight_w = preprocess_line(img).shape[1]
+    assert preprocess_line(roomy).shape[1] < 0.5 * tight_w  # unframed: text a third the size
+    assert preprocess_line(roomy, LINE_FRAME).shape[1] > 0.65 * tight_w
+    assert shipped.recognize_lines([roomy])[0][0] == text
