@@ -54,7 +54,11 @@ def _compiled_conv(model: CRNN) -> Callable[[torch.Tensor], torch.Tensor]:
 def _bf16_conv(model: CRNN) -> Callable[[torch.Tensor], torch.Tensor]:
     """The conv stack in bfloat16, channels-last: on AVX512-BF16 CPUs ~1.6x faster than the
     frozen fp32 TorchScript stack (whose bf16 version is slower than fp32)."""
-    conv = copy.deepcopy(model.conv).to(torch.bfloat16).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    layers = list(copy.deepcopy(model.conv))
+    for i in range(len(layers) - 1):  # max-pool before ReLU: the same, on a quarter of the data
+        if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    conv = nn.Sequential(*layers).to(torch.bfloat16).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return conv(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
