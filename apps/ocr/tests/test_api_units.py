@@ -98,6 +98,29 @@ def test_clients_that_come_back_are_waited_for_and_fill_the_batch() -> None:
     assert took < 5  # no max_wait_ms (2 s) was spent waiting in vain
 
 
+def test_a_trickling_cohort_is_waited_for_up_to_four_times_max_wait() -> None:
+    # 12 requests on their way, arriving 120 ms apart (a busy host): each arrival extends the
+    # wait by max_wait_ms (250 ms), so they are not cut into batches of 2-3, but the whole wait
+    # stops after 4 x max_wait_ms (1 s, about 9 arrivals).
+    batches: list[int] = []
+    b = DynamicBatcher(_echo(batches), max_batch_size=16, max_wait_ms=250, max_queue=64)
+
+    async def request(k: int) -> None:
+        with b.incoming():
+            await asyncio.sleep(0.12 * k)
+        await b.submit([str(k)])
+
+    async def main() -> None:
+        await asyncio.gather(*(request(k) for k in range(12)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        b.close()
+    assert sum(batches) == 12
+    assert 4 <= batches[0] <= 10, batches
+
+
 def test_one_off_clients_are_not_waited_for() -> None:
     # A new connection per request (no keep-alive): its address never comes back, so after a
     # few batches the batcher stops expecting it and a request runs at once.

@@ -1,9 +1,10 @@
 """Dynamic batching of line crops across concurrent requests.
 
 A request puts its job (the uploaded bytes) on a bounded queue and awaits a future. One thread
-per model version takes up to ``max_batch_size`` jobs -- waiting at most ``max_wait_ms`` once it
-is free to run a batch, and only while more requests are known or expected to be on their way, so
-a lone request is not delayed -- prepares them (decode, split a page into lines, preprocess), runs
+per model version takes up to ``max_batch_size`` jobs -- waiting, once it is free to run a batch
+and only while more requests are known or expected to be on their way (so a lone request is not
+delayed), until ``max_wait_ms`` pass without a new arrival, at most 4 x ``max_wait_ms`` in all --
+prepares them (decode, split a page into lines, preprocess), runs
 all their lines through the model in padded batches of up to ``max_batch_size`` lines of similar
 width, and resolves the futures on the event loop. The event loop never decodes images or runs
 the model; preparing on the batch thread (not on one thread per request) lets the lines of many
@@ -63,6 +64,8 @@ RECENT_BATCHES = 2
 # Wait for returning clients only while most clients do come back (an exponential average over
 # clients coming back vs. dropping out), i.e. while waiting for them pays off.
 MIN_RETURN_RATE = 0.5
+# While requests keep arriving, a batch waits at most this many times max_wait_ms in all.
+MAX_WAIT_FACTOR = 4
 
 
 def _hand_over(job: _Job, result: Any, error: bool) -> None:
@@ -181,14 +184,22 @@ class DynamicBatcher:
             if not self._jobs:
                 return None
             # Counted from now, not from the first job's arrival: jobs that queued up while the
-            # last batch computed would otherwise never wait for the rest of their cohort.
-            deadline = time.monotonic() + self.max_wait_s
+            # last batch computed would otherwise never wait for the rest of their cohort. Each
+            # arrival extends the wait by max_wait_ms again (a cohort trickles in on a busy
+            # host), up to MAX_WAIT_FACTOR * max_wait_ms in all.
+            now = time.monotonic()
+            deadline, cap = now + self.max_wait_s, now + MAX_WAIT_FACTOR * self.max_wait_s
+            seen = len(self._jobs)
             while (
                 len(self._jobs) < self.max_batch_size
                 and not self._stopping
                 and (self._incoming or self._expecting())
             ):
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if len(self._jobs) > seen:
+                    seen = len(self._jobs)
+                    deadline = min(cap, now + self.max_wait_s)
+                remaining = deadline - now
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
