@@ -2,7 +2,8 @@
 HTTPS (TLS verified against the inventory's CA): log in to the web app, OCR the known line
 through the web app and through the API, and every Prometheus target up (Prometheus is not
 behind the lb: an operator reaches it on the monitoring host, port 9090, which the firewall
-admits from the admin sources). One line per check; exit 1 if any check failed.
+admits from the admin sources), and every host's journal readable on the monitoring host with
+`llmops-provision logs` (the operator's way to them). One line per check; exit 1 if any failed.
 
     python molecule/site/site_check.py inventory/lab.yml
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -122,6 +124,41 @@ def prometheus_targets(target: deploy.Target, deadline_s: float = 90) -> str:
     raise AssertionError(f"after {deadline_s:.0f} s: {problem}")
 
 
+def journals(path: str, target: deploy.Target, deadline_s: float = 60) -> str:
+    inv = target.inventory
+    senders = sorted(h for h in inv.hosts if h not in inv.hosts_of("monitoring"))
+    end = time.monotonic() + deadline_s
+    missing = senders
+    while True:
+        missing = []
+        for host in senders:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "llmops_provision",
+                    "logs",
+                    path,
+                    "--host",
+                    host,
+                    "--lines",
+                    "5",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if proc.returncode != 0 or f" {host} " not in proc.stdout:
+                missing.append(f"{host} ({(proc.stdout + proc.stderr).strip()[-120:]!r})")
+        if not missing or time.monotonic() > end:
+            break
+        time.sleep(2)
+    if missing:
+        raise AssertionError(f"no journal entries on the monitoring host from {missing}")
+    return f"journals of {', '.join(senders)} read with llmops-provision logs"
+
+
 def main(path: str) -> int:
     target = deploy.load_target(path)
     lb = sorted(target.inventory.hosts_of("lb"))[0]
@@ -132,12 +169,13 @@ def main(path: str) -> int:
         ("web login and OCR through the lb", lambda: web_login_and_ocr(base, ca, target)),
         ("API OCR through the lb", lambda: api_ocr(base, ca, target)),
         ("Prometheus targets", lambda: prometheus_targets(target)),
+        ("central journals", lambda: journals(path, target)),
     ]
     failed = 0
     for name, run in runs:
         try:
             print(f"ok    {name}: {run()}")
-        except (AssertionError, httpx.HTTPError, OSError) as e:
+        except (AssertionError, httpx.HTTPError, OSError, subprocess.TimeoutExpired) as e:
             failed += 1
             print(f"FAIL  {name}: {e}")
     return 1 if failed else 0
