@@ -183,7 +183,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.api = state
     app.add_middleware(metrics.MetricsMiddleware)
-    balancer = balance.middleware_args()
+    balancer = balance.this_worker()
     if balancer is not None:  # under gunicorn: even out keep-alive connections across workers
         app.add_middleware(balance.BalanceMiddleware, balancer=balancer)
 

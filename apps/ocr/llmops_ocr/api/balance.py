@@ -138,7 +138,7 @@ class BalanceMiddleware:
         await self.app(scope, receive, closing_send)
 
 
-def middleware_args() -> Balancer | None:
+def this_worker() -> Balancer | None:
     """The balancer of this worker, or None outside gunicorn (or with a single worker)."""
     if TABLE is None or SLOT is None:
         return None
