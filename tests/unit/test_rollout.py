@@ -188,3 +188,15 @@ def test_database_form_of_a_record_round_trips_for_status() -> None:
     back = deploy.record_from_db({**row, "id": 7})
     for key in ("kind", "time", "user", "version", "sha256", "hosts", "result", "seconds"):
         assert back[key] == local[key], key
+
+
+def test_limit_narrows_the_hosts_shown_in_the_table(project: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(BASE.read_text())
+    data["all"]["children"]["api"]["hosts"]["api2"] = {"ansible_host": "192.0.2.22"}
+    inv = tmp_path / "two.yml"
+    inv.write_text(yaml.safe_dump(data))
+    target = deploy.load_target(inv)
+    assert rollout._hosts_in_scope(target, "api", None) == ["api1", "api2"]
+    assert rollout._hosts_in_scope(target, "api", "api2") == ["api2"]
+    assert rollout._hosts_in_scope(target, "api", "api") == ["api1", "api2"]
+    assert rollout._hosts_in_scope(target, "api", "web1") == []
