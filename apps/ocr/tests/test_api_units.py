@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from llmops_ocr import db
-from llmops_ocr.api.balance import Balancer, WorkerTable
+from llmops_ocr.api.balance import WINDOW_S, Balancer, WorkerTable
 from llmops_ocr.api.batching import DynamicBatcher, QueueFullError
 from llmops_ocr.api.history import HistoryWriter
 from llmops_ocr.api.ocr_endpoint import BadRequestError, parse_multipart
@@ -164,12 +164,12 @@ def test_a_worker_with_more_clients_hands_some_over() -> None:
     table.publish(1, table.clients(0, now) - 2, now)
     assert not busy.should_close(("10.0.0.1", 3000), now)
     # A worker whose count is old had no requests since: it has no clients, hand it some.
-    now += 1.0
+    now += WINDOW_S + 0.1
     assert table.clients(1, now) == 0
     assert any(busy.should_close(("10.0.0.1", 3000 + k), now) for k in range(8))
     # A lone worker (the other one's slot released) keeps all of its clients.
     table.release(1)
-    assert not busy.should_close(("10.0.0.1", 3001), now + 1.0)
+    assert not busy.should_close(("10.0.0.1", 3001), now + 0.1)
 
 
 def test_full_queue_refuses_new_requests() -> None:

@@ -125,6 +125,10 @@ class DynamicBatcher:
         self._batch_no = 0
         self._recent: dict[Hashable, int] = {}  # client -> number of the last batch it was in
         self._return_rate = 1.0  # how often a client of the last batches came back (average)
+        # The batch thread sleeps until this many jobs are queued (or a deadline): submit()
+        # wakes it only then, not once per arrival (a context switch each on a busy host).
+        self._want = 1
+        self._last_arrival = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -148,7 +152,8 @@ class DynamicBatcher:
         finally:
             with self._cond:
                 self._incoming -= 1
-                self._cond.notify()
+                if not self._incoming:  # the batch thread may have waited for these
+                    self._cond.notify()
 
     async def submit(
         self, payload: Any, client: Hashable | None = None
@@ -170,7 +175,9 @@ class DynamicBatcher:
                     f"inference queue full ({len(self._jobs)} of {self.max_queue} requests waiting)"
                 )
             self._jobs.append(job)
-            self._cond.notify()
+            self._last_arrival = job.enqueued
+            if len(self._jobs) >= self._want:
+                self._cond.notify()
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -189,31 +196,30 @@ class DynamicBatcher:
             # host), up to MAX_WAIT_FACTOR * max_wait_ms in all.
             now = time.monotonic()
             deadline, cap = now + self.max_wait_s, now + MAX_WAIT_FACTOR * self.max_wait_s
-            seen = len(self._jobs)
-            while (
-                len(self._jobs) < self.max_batch_size
-                and not self._stopping
-                and (self._incoming or self._expecting())
-            ):
-                now = time.monotonic()
-                if len(self._jobs) > seen:
-                    seen = len(self._jobs)
-                    deadline = min(cap, now + self.max_wait_s)
-                remaining = deadline - now
-                if remaining <= 0:
+            while len(self._jobs) < self.max_batch_size and not self._stopping:
+                missing = self._missing()
+                if not missing and not self._incoming:
                     break
-                self._cond.wait(remaining)
+                now = time.monotonic()
+                deadline = min(cap, max(deadline, self._last_arrival + self.max_wait_s))
+                if deadline <= now:
+                    break
+                # Woken by the job that completes the cohort, the last upload arriving, or
+                # the deadline (then extended if jobs came in meanwhile).
+                self._want = len(self._jobs) + missing if missing else self.max_batch_size
+                self._cond.wait(deadline - now)
+            self._want = 1
             n = min(self.max_batch_size, len(self._jobs))
             jobs = [self._jobs.popleft() for _ in range(n)]
             self._remember(jobs)
             return jobs
 
-    def _expecting(self) -> bool:
-        """Some client of the last batches has no job queued yet, and such clients return."""
+    def _missing(self) -> int:
+        """Clients of the last batches with no job queued yet, if such clients come back."""
         if self._return_rate < MIN_RETURN_RATE or not self._recent:
-            return False
+            return 0
         queued = {j.client for j in self._jobs}
-        return any(c not in queued for c in self._recent)
+        return sum(1 for c in self._recent if c not in queued)
 
     def _remember(self, jobs: list[_Job]) -> None:
         """Note the clients of a batch taken; clients not seen for a while count as gone."""
