@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-REPO_MODEL = REPO / "apps" / "ocr" / "models" / "crnn-ocr" / "1.0.0"
+REPO_MODELS = REPO / "apps" / "ocr" / "models"
+
+
+def default_version() -> str:
+    """The API's default model version (both sides run it)."""
+    from llmops_ocr.api.settings import ApiSettings
+
+    return ApiSettings.default_version
 
 
 @dataclass
@@ -105,14 +112,15 @@ def make_images(n: int) -> list[bytes]:
 
 
 def model_dir(tmp: Path) -> tuple[Path, str]:
-    """The models dir holding crnn-ocr/1.0.0, and which model it is (trained or not)."""
-    if (REPO_MODEL / "metadata.json").is_file():
-        return REPO_MODEL.parents[1], "trained (apps/ocr/models/crnn-ocr/1.0.0)"
+    """The models dir holding crnn-ocr/<default version>, and which model it is."""
+    version = default_version()
+    if (REPO_MODELS / "crnn-ocr" / version / "metadata.json").is_file():
+        return REPO_MODELS, f"trained (apps/ocr/models/crnn-ocr/{version})"
     import torch
     from llmops_ocr.model import CRNN, save_model_dir
 
     torch.manual_seed(0)
-    save_model_dir(CRNN(), tmp / "models" / "crnn-ocr" / "1.0.0", "crnn-ocr", "1.0.0")
+    save_model_dir(CRNN(), tmp / "models" / "crnn-ocr" / version, "crnn-ocr", version)
     return tmp / "models", "UNTRAINED (same architecture; trained weights not in the repo yet)"
 
 
@@ -291,7 +299,7 @@ def start_api(tmp: Path, models: Path, workers: int, threads: int, batching: dic
         "dependencies": [],
         "workers": workers,
         "threads_per_worker": threads,
-        "model": {"name": "crnn-ocr", "version": "1.0.0"},
+        "model": {"name": "crnn-ocr", "version": default_version()},
         "models_dir": str(models),
         "batching": batching,
         "max_upload_bytes": 10485760,
@@ -378,7 +386,7 @@ def main() -> None:
     pool = multiprocessing.get_context("spawn").Pool(
         args.workers,
         initializer=_child_init,
-        initargs=(str(models / "crnn-ocr" / "1.0.0"), args.threads_per_worker, images),
+        initargs=(str(models / "crnn-ocr" / default_version()), args.threads_per_worker, images),
     )
     print(f"model: {which}")
     print(
