@@ -139,13 +139,13 @@ def test_release_must_ship_the_model_and_components_the_inventory_needs(tmp_path
         "name": "ocr",
         "version": "2.0.0",
         "components": {"api": component, "web": {**component, "kind": "wsgi"}},
-        "models": [{"name": "crnn-ocr", "version": "1.0.0"}],
+        "models": [{"name": "crnn-ocr", "version": "1.1.0"}],
     }
     assert check_release(inv, configs, descriptor) == []
-    descriptor["models"] = [{"name": "crnn-ocr", "version": "1.1.0"}]
+    descriptor["models"] = [{"name": "crnn-ocr", "version": "1.2.0"}]
     del descriptor["components"]["web"]
     errors = check_release(inv, configs, descriptor)
     assert {(e.path, e.allowed) for e in errors} == {
         ("groups.web", "api"),
-        ("groups.api.vars.llmops_config.model", "crnn-ocr 1.1.0"),
+        ("groups.api.vars.llmops_config.model", "crnn-ocr 1.2.0"),
     }

@@ -66,7 +66,7 @@ def test_effective_json_shows_merged_values(
     }
     api = eff["prod-api2"]["api"]
     assert api["workers"] == 4  # group override
-    assert api["model"] == {"name": "crnn-ocr", "version": "1.0.0"}  # template
+    assert api["model"] == {"name": "crnn-ocr", "version": "1.1.0"}  # template
     assert api["batching"]["max_queue"] == 1024
     assert api["database"]["engine"] == "postgresql"
     assert "path" not in api["database"]  # replaced whole, not merged with the sqlite default

@@ -36,7 +36,7 @@ from .recognizer import Recognizer
 from .train import edit_distance
 
 APP_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = APP_DIR / "models" / "crnn-ocr" / "1.0.0"
+DEFAULT_MODEL = APP_DIR / "models" / "crnn-ocr" / "1.1.0"
 TESSDATA_DIRS = ["/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from llmops_ocr import evaluate, heldout
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "crnn-ocr" / "1.0.0"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "crnn-ocr" / "1.1.0"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_evaluate_lines_and_pages_json(small_set, capsys):
         assert 0 <= pages[engine]["cer"] <= 1
     assert set(lines["crnn"]["cer_by_source"]) == {"synth", "web"}
     assert lines["crnn"]["cer"] < 0.2  # a trained model, not noise
-    assert out["model"]["version"] == "1.0.0"
+    assert out["model"]["version"] == "1.1.0"
 
 
 def test_evaluate_table_from_the_command_line(small_set):

@@ -21,7 +21,7 @@ from llmops_ocr.model import (
 from llmops_ocr.recognizer import ModelDirError, Recognizer
 from PIL import ImageOps
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "crnn-ocr" / "1.0.0"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "crnn-ocr" / "1.1.0"
 DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 LIBERATION_SERIF = "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf"
 
@@ -60,7 +60,7 @@ def shipped():
 
 def test_shipped_metadata_describes_the_weights(shipped):
     meta = shipped.metadata
-    assert meta["name"] == "crnn-ocr" and meta["version"] == "1.0.0"
+    assert meta["name"] == "crnn-ocr" and meta["version"] == "1.1.0"
     assert meta["input_height"] == 32 and len(meta["charset"]) == 95
     assert meta["training"]["command"].startswith("python -m llmops_ocr.train")
     assert meta["size_mb"] < 10

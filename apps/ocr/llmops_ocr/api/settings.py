@@ -17,7 +17,7 @@ class ApiSettings:
     """What the API needs from its config; defaults match schemas/api.schema.json."""
 
     model_name: str = "crnn-ocr"
-    default_version: str = "1.0.0"
+    default_version: str = "1.1.0"
     models_dir: Path = Path(DEFAULT_MODELS_DIR)
     threads_per_worker: int = 1
     max_batch_size: int = 16
