@@ -31,6 +31,7 @@ def test_evaluate_lines_and_pages_json(small_set, capsys):
     assert lines["n"] == 14 and pages["n"] == 2
     for engine in ("crnn", "tesseract"):
         assert 0 <= lines[engine]["cer"] <= 1 and lines[engine]["lines_per_s_batch1"] > 0
+        assert lines[engine]["lines_per_cpu_s_batch1"] > 0
         assert 0 <= pages[engine]["cer"] <= 1
     assert set(lines["crnn"]["cer_by_source"]) == {"synth", "web"}
     assert lines["crnn"]["cer"] < 0.2  # a trained model, not noise
@@ -45,6 +46,7 @@ def test_evaluate_table_from_the_command_line(small_set):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "CER" in proc.stdout and "tesseract" in proc.stdout and "lines/s" in proc.stdout
+    assert "per second of CPU time" in proc.stdout
 
 
 def test_evaluate_says_what_is_wrong_with_a_bad_dir(tmp_path, capsys):
