@@ -3,10 +3,10 @@
 FastAPI's dependency injection, form parsing (python-multipart) and response models cost about as
 much CPU per request as a small model call; at 30+ requests in flight that overhead was a quarter
 of what the API spent per line. This handler does the same work directly: bearer auth, the two
-query parameters, the upload read while streaming (413 past the limit), a small multipart parser,
-the batcher, a JSON answer. The route is still declared in FastAPI (app.py) so that /docs,
-/openapi.json and schemathesis describe it; this handler is mounted in front of it and answers
-every status code of that description the same way.
+query parameters, the upload read while streaming (413 past the limit), python-multipart's parser
+called directly, the batcher, a JSON answer. The route is still declared in FastAPI (app.py) so
+that /docs, /openapi.json and schemathesis describe it; this handler is mounted in front of it
+and answers every status code of that description the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from fastapi import HTTPException
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Receive, Scope, Send
 
 from llmops_ocr.api import metrics
@@ -33,7 +35,6 @@ RETRY_AFTER_S = "1"
 MODES = ("line", "page")
 MAX_FIELDS = 8  # multipart parts per request
 MAX_FIELD_BYTES = 64 * 1024  # a part that is not a file
-_PARAM_RE = re.compile(r';\s*([A-Za-z0-9_.*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
 class BadRequestError(Exception):
@@ -50,64 +51,113 @@ class BadRequestError(Exception):
         self.status, self.detail, self.headers, self.extra = status, detail, headers or {}, extra
 
 
-def _params(header_value: str) -> dict[str, str]:
-    """``; a=b; c="d"`` parameters of a header value, names lowercased, quotes removed."""
-    out = {}
-    for name, value in _PARAM_RE.findall(header_value):
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        out[name.lower()] = value
-    return out
+class _FilePart:
+    """python-multipart callbacks that keep the ``file`` part and check the others' limits."""
+
+    def __init__(self) -> None:
+        self.parts = 0
+        self.found: bytearray | None = None
+        self.error: str | None = None
+        self._field = bytearray()
+        self._value = bytearray()
+        self._disposition = b""
+        self._chunks: bytearray | None = None
+        self._is_file = False
+        self._size = 0
+        self.ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        self._disposition, self._chunks, self._is_file, self._size = b"", None, False, 0
+        if self.parts > MAX_FIELDS and self.error is None:
+            self.error = f"malformed multipart body: more than {MAX_FIELDS} parts"
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if bytes(self._field).strip().lower() == b"content-disposition":
+            self._disposition = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._disposition)
+        self._is_file = b"filename" in params
+        if self._is_file:
+            if self.found is not None and self.error is None:
+                self.error = "malformed multipart body: send exactly one file"
+            if params.get(b"name") == b"file":
+                self._chunks = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._chunks is not None:
+            self._chunks += data[start:end]
+            return
+        self._size += end - start
+        if not self._is_file and self._size > MAX_FIELD_BYTES and self.error is None:
+            self.error = f"malformed multipart body: a field is larger than {MAX_FIELD_BYTES} bytes"
+
+    def on_part_end(self) -> None:
+        if self._chunks is not None and self.found is None:
+            self.found = self._chunks
+        self._chunks = None
 
 
 def parse_multipart(body: bytes, content_type: str) -> bytes:
     """The content of the ``file`` part (a part with a file name) of a multipart/form-data body.
 
+    Parsed by python-multipart (the parser Starlette's forms use), called directly: FastAPI's
+    form handling around it (UploadFile, spooled temp files) was the expensive part.
     Raises BadRequestError(400) for a malformed body or one without such a part.
     """
-    boundary = _params(content_type).get("boundary", "")
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary", b"")
     if not boundary or len(boundary) > 200:
         raise BadRequestError(400, "malformed multipart body: no boundary in Content-Type")
-    delimiter = b"--" + boundary.encode("latin-1")
-    start = body.find(delimiter)
-    if start < 0:
+    sink = _FilePart()
+    callbacks: Any = {
+        name: getattr(sink, name)
+        for name in (
+            "on_part_begin",
+            "on_part_data",
+            "on_part_end",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+            "on_end",
+        )
+    }
+    # RFC 2046 lets a preamble precede the first delimiter; the parser expects none.
+    first = body.find(b"--" + boundary)
+    if first < 0:
         raise BadRequestError(400, "malformed multipart body: the boundary never appears")
-    pos = start + len(delimiter)
-    found: bytes | None = None
-    parts = 0
-    while True:
-        if body.startswith(b"--", pos):
-            break  # the closing delimiter
-        if not body.startswith(b"\r\n", pos):
-            raise BadRequestError(400, "malformed multipart body: bad delimiter line")
-        head_end = body.find(b"\r\n\r\n", pos + 2)
-        end = body.find(b"\r\n" + delimiter, head_end + 4) if head_end >= 0 else -1
-        if end < 0:
-            raise BadRequestError(400, "malformed multipart body: a part is not terminated")
-        parts += 1
-        if parts > MAX_FIELDS:
-            raise BadRequestError(400, f"malformed multipart body: more than {MAX_FIELDS} parts")
-        disposition = ""
-        for line in body[pos + 2 : head_end].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-disposition":
-                disposition = value.decode("latin-1")
-        params = _params(disposition)
-        content = body[head_end + 4 : end]
-        if "filename" in params:
-            if found is not None:
-                raise BadRequestError(400, "malformed multipart body: send exactly one file")
-            if params.get("name") == "file":
-                found = content
-        elif len(content) > MAX_FIELD_BYTES:
+    parser = MultipartParser(boundary, callbacks)
+    try:
+        parser.write(body[first:])
+        parser.finalize()
+    except MultipartParseError as exc:
+        if sink.parts == 0:
             raise BadRequestError(
-                400, f"malformed multipart body: a field is larger than {MAX_FIELD_BYTES} bytes"
-            )
-        pos = end + 2 + len(delimiter)
-    if found is None:
+                400, "malformed multipart body: the boundary never appears"
+            ) from None
+        raise BadRequestError(400, f"malformed multipart body: {exc}") from None
+    if sink.error is not None:
+        raise BadRequestError(400, sink.error)
+    if sink.parts == 0:
+        raise BadRequestError(400, "malformed multipart body: the boundary never appears")
+    if not sink.ended:
+        raise BadRequestError(400, "malformed multipart body: a part is not terminated")
+    if sink.found is None:
         raise BadRequestError(400, "the multipart body has no file field named 'file'")
-    return found
+    return bytes(sink.found)
 
 
 def _query(scope: Scope, default_version: str) -> tuple[str, str]:
