@@ -175,17 +175,21 @@ def preprocess_array(img: Image.Image) -> np.ndarray:
     ink = float(np.percentile(a, 0.5))
     span = max(bg - ink, 1.0)
     a = np.clip((bg - a) / span, 0.0, 1.0)  # ink -> 1, background -> 0
-    h, w = a.shape
-    cols = np.nonzero((a > 0.5).sum(axis=0) > 0)[0]
+    return trim_and_scale((a * 255).astype(np.uint8), a > 0.5, span)
+
+
+def trim_and_scale(a8: np.ndarray, mask: np.ndarray, span: float) -> np.ndarray:
+    """Normalised uint8 line (ink 255) -> float32 (32, W): blank columns beyond a small margin
+    trimmed (when the contrast `span` is real), scaled to height 32 keeping the aspect ratio."""
+    h, w = a8.shape
+    cols = np.nonzero(mask.any(axis=0))[0]
     if cols.size and span > 24:
         pad = max(2, h // 4)
         x0, x1 = max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)
-        a = a[:, x0:x1]
-        h, w = a.shape
+        a8 = a8[:, x0:x1]
+        h, w = a8.shape
     new_w = max(MIN_WIDTH, round(w * INPUT_HEIGHT / h))
-    resized = Image.fromarray((a * 255).astype(np.uint8)).resize(
-        (new_w, INPUT_HEIGHT), Image.Resampling.BILINEAR
-    )
+    resized = Image.fromarray(a8).resize((new_w, INPUT_HEIGHT), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.float32) / 255.0
 
 
@@ -253,16 +257,7 @@ def preprocess_line(img: Image.Image, rows: tuple[float, float] | None = None) -
     mask = (lut > 0.5)[u]
     if rows and span > 24:
         a8, mask = _frame_rows(a8, mask, *rows)
-    h, w = a8.shape
-    cols = np.nonzero(mask.any(axis=0))[0]
-    if cols.size and span > 24:
-        pad = max(2, h // 4)
-        x0, x1 = max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)
-        a8 = a8[:, x0:x1]
-        h, w = a8.shape
-    new_w = max(MIN_WIDTH, round(w * INPUT_HEIGHT / h))
-    resized = Image.fromarray(a8).resize((new_w, INPUT_HEIGHT), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+    return trim_and_scale(a8, mask, span)
 
 
 def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,7 @@ from .model import (
     pad_batch,
     preprocess_array,
     save_model_dir,
+    trim_and_scale,
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -52,7 +53,11 @@ DEFAULT_VAL_SAMPLES = 500
 Sample = tuple[np.ndarray, str]
 # Cached data sets are keyed by the code that renders and preprocesses them.
 _SRC_DIGEST = hashlib.sha256(
-    (inspect.getsource(synth) + inspect.getsource(preprocess_array)).encode()
+    (
+        inspect.getsource(synth)
+        + inspect.getsource(preprocess_array)
+        + inspect.getsource(trim_and_scale)
+    ).encode()
 ).digest()
 
 
