@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from provision_cli import cli
 
 from llmops_provision import lab as labmod
 
@@ -156,14 +157,7 @@ def test_probes_through_ssh_and_a_stopped_service_fails(
     assert "closed" in by_check["journal-remote port open"]["detail"]
 
     # the text output names the failure on its own line
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmops_provision", "test", str(inv), "--server-type", "monitoring"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = cli(None, "test", str(inv), "--server-type", "monitoring", timeout=120)
     assert proc.returncode == 1
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 2 and any("alertmanager ready" in line for line in failed)

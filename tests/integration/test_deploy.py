@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from provision_cli import cli
 
 from llmops_provision import lab as labmod
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
 HOST = "dep1"
 DB = "/var/lib/llmops/db/llmops.sqlite3"
 
@@ -32,18 +31,6 @@ class Deployed:
     inventory: Path
     env: dict[str, str]
     apply: subprocess.CompletedProcess[str]
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmops_provision", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
 
 
 def host_sh(lab: labmod.Lab, cmd: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from provision_cli import cli
 
 from llmops_provision import checks, deploy, runner
 from llmops_provision import lab as labmod
@@ -122,18 +123,6 @@ class Rolled:
     bundles: dict[str, Path]
     client: Client
     rollout_b: subprocess.CompletedProcess[str]
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmops_provision", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
 
 
 def inventory_text(lab: labmod.Lab) -> str:

@@ -111,14 +111,7 @@ def test_start_and_stop_db_inside_a_lab_host(
         inventory = {"all": {"vars": {"llmops_environment": "lab", **conn}, "children": groups}}
         inv = tmp_path / "started.yml"
         inv.write_text(yaml.safe_dump(inventory))
-        probed = subprocess.run(
-            [sys.executable, "-m", "llmops_provision", "test", str(inv), "--server-type", "db"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        probed = cli(None, "test", str(inv), "--server-type", "db", timeout=120)
         assert probed.returncode == 0, probed.stdout + probed.stderr
         assert f"{DB_PATH} present" in probed.stdout
 
