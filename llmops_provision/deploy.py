@@ -140,10 +140,10 @@ def _bundle_vars(args: argparse.Namespace, target: Target, console: Console) -> 
     if not needs_app:
         return {}
     bundle = getattr(args, "bundle", None)
+    if bundle and "://" in bundle:
+        return {"llmops_bundle": bundle}  # fetched and checked (SHA256SUMS) on the hosts
     if bundle:
-        if "://" not in bundle:
-            bundle = str(Path(bundle).resolve())
-        return {"llmops_bundle": bundle}
+        return _verified_bundle_vars(Path(bundle).resolve(), target)
     from llmops_provision.bundle import BundleError, build_bundle
 
     try:
@@ -159,6 +159,36 @@ def _bundle_vars(args: argparse.Namespace, target: Target, console: Console) -> 
     info = result.info
     return {
         "llmops_bundle": str(info.path),
+        "llmops_bundle_version": info.version,
+        "llmops_bundle_sha256": info.sha256,
+    }
+
+
+def _verified_bundle_vars(path: Path, target: Target) -> dict[str, Any]:
+    """A local --bundle checked here, before any host is touched: its SHA256SUMS, descriptor and
+    model hashes, and that its release fits the inventory's configs."""
+    from llmops_provision.bundle import BundleError, verify_bundle
+    from llmops_provision.config import check_release
+
+    try:
+        info = verify_bundle(path)
+    except BundleError as exc:
+        raise InvalidInput(
+            [
+                ValidationError(
+                    str(path),
+                    "",
+                    p.removeprefix(f"{path}: "),
+                    "a bundle built by `llmops-provision bundle`",
+                )
+                for p in exc.problems
+            ]
+        ) from exc
+    errors = check_release(target.inventory, target.configs, info.descriptor)
+    if errors:
+        raise InvalidInput(errors)
+    return {
+        "llmops_bundle": str(path),
         "llmops_bundle_version": info.version,
         "llmops_bundle_sha256": info.sha256,
     }
@@ -409,6 +439,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except InvalidInput as exc:
         for error in exc.errors:
             _err(console, f"error: {error}")
+        _err(console, f"{len(exc.errors)} error(s); nothing was changed on any host.")
         return 2
     made = ensure_secrets(target.name)
     if made:

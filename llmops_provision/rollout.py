@@ -17,14 +17,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from llmops_provision import deploy
-from llmops_provision.errors import InvalidInput, ValidationError
+from llmops_provision.errors import InvalidInput
 from llmops_provision.runner import RunResult, print_result, run_playbook
 
 PLAYBOOK = "playbooks/rolling_update.yml"
@@ -145,41 +144,6 @@ def _span(r: HostRollout) -> str:
     return f"out of rotation {t0:%H:%M:%S}-{t1:%H:%M:%S} UTC, {seconds:.0f} s"
 
 
-def _bundle_vars(
-    args: argparse.Namespace, target: deploy.Target, console: Console
-) -> dict[str, Any]:
-    """The bundle: --bundle (a local file is verified here, before any host) or apps/ocr built."""
-    bundle = getattr(args, "bundle", None)
-    if bundle and "://" not in bundle:
-        from llmops_provision.bundle import BundleError, verify_bundle
-        from llmops_provision.config import check_release
-
-        path = Path(bundle).resolve()
-        try:
-            info = verify_bundle(path)
-        except BundleError as exc:
-            raise InvalidInput(
-                [
-                    ValidationError(
-                        str(path),
-                        "",
-                        p.removeprefix(f"{path}: "),
-                        "a bundle built by `llmops-provision bundle`",
-                    )
-                    for p in exc.problems
-                ]
-            ) from exc
-        errors = check_release(target.inventory, target.configs, info.descriptor)
-        if errors:
-            raise InvalidInput(errors)
-        return {
-            "llmops_bundle": str(path),
-            "llmops_bundle_version": info.version,
-            "llmops_bundle_sha256": info.sha256,
-        }
-    return deploy._bundle_vars(args, target, console)
-
-
 def _hosts_in_scope(target: deploy.Target, server_type: str, limit: str | None) -> list[str]:
     hosts = target.inventory.hosts_of(server_type)
     if not limit:
@@ -207,7 +171,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        bundle_vars = _bundle_vars(args, target, console)
+        bundle_vars = deploy._bundle_vars(args, target, console)
     except InvalidInput as exc:
         for error in exc.errors:
             deploy._err(console, f"error: {error}")

@@ -99,6 +99,22 @@ def test_table_names_every_host_and_what_it_runs_now() -> None:
     assert "not touched" in row2
 
 
+def test_apply_checks_a_local_bundle_before_touching_anything(
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    inv = local_inventory(tmp_path)
+    missing = tmp_path / "ocr-9.9.9.tar.gz"
+    rc = cli.main(["apply", str(inv), "--server-type", "api", "--bundle", str(missing)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{missing}: no such bundle file" in err and "nothing was changed" in err
+    assert not (project / ".llmops").exists()  # no credentials made, no record written
+
+
 def test_rollout_validates_before_touching_anything(
     project: Path,
     tmp_path: Path,
