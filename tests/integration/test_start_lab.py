@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from provision_cli import cli as run_cli
 
 from llmops_provision import lab as labmod
 
@@ -111,7 +112,7 @@ def test_start_and_stop_db_inside_a_lab_host(
         inventory = {"all": {"vars": {"llmops_environment": "lab", **conn}, "children": groups}}
         inv = tmp_path / "started.yml"
         inv.write_text(yaml.safe_dump(inventory))
-        probed = cli(None, "test", str(inv), "--server-type", "db", timeout=120)
+        probed = run_cli(None, "test", str(inv), "--server-type", "db", timeout=120)
         assert probed.returncode == 0, probed.stdout + probed.stderr
         assert f"{DB_PATH} present" in probed.stdout
 
