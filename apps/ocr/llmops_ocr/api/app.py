@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from llmops_ocr.api import balance, metrics
 from llmops_ocr.api.auth import (
@@ -119,6 +120,25 @@ class ApiState:
     ready: bool = False
 
 
+class ApiApp(FastAPI):
+    """FastAPI, except that ``POST /v1/ocr``, the hot path, skips the middleware stack."""
+
+    ocr: OcrEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ocr = self.ocr
+        if (
+            ocr is not None
+            and scope["type"] == "http"
+            and scope["path"] == ocr.path
+            and scope["method"] == "POST"
+            and not self.root_path
+        ):
+            await ocr.direct(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def _json_error(status: int, detail: Any, **extra: Any) -> JSONResponse:
     headers = extra.pop("headers", None)
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
@@ -175,7 +195,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             if state.history is not None:
                 await asyncio.to_thread(state.history.close)
 
-    app = FastAPI(
+    app = ApiApp(
         title="llmops OCR inference API",
         version=_package_version(),
         description="Recognise text in line or page images with the CRNN OCR model.",
@@ -184,6 +204,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.api = state
     app.add_middleware(metrics.MetricsMiddleware)
     balancer = balance.this_worker()
+    app.ocr = OcrEndpoint(state, balancer)
     if balancer is not None:  # under gunicorn: even out keep-alive connections across workers
         app.add_middleware(balance.BalanceMiddleware, balancer=balancer)
 
@@ -282,7 +303,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return _json_error(exc.status_code, exc.detail, headers=exc.headers)
 
     # Generate (and cache) the OpenAPI schema from the declared routes, then let the lean
-    # handler serve POST /v1/ocr in the declared route's place.
+    # handler serve POST /v1/ocr in the declared route's place: directly (ApiApp) and, for a
+    # request the router sees anyway (under a root_path), as a route behind the middleware.
     app.openapi()
     for i, route in enumerate(app.router.routes):
         if isinstance(route, APIRoute) and route.path == "/v1/ocr":

@@ -26,7 +26,7 @@ SLOTS = 64
 _SLOT = struct.Struct("qqd")
 _COUNT = struct.Struct("qd")
 WINDOW_S = 2.0  # longer than a request takes on a very busy host
-SHED_INTERVAL_S = 0.05  # at most one connection closed per interval and worker
+SHED_INTERVAL_S = 0.01  # at most one connection closed per interval and worker
 PRUNE_INTERVAL_S = 0.1
 # Hand a client over only when this worker has more than this many clients above the least
 # loaded one: a client handed over may land here again, so small differences are left alone.
@@ -64,12 +64,13 @@ class WorkerTable:
     def least_other(self, slot: int, now: float) -> int | None:
         """The fewest clients of any other live worker, None if this is the only one."""
         least = None
-        for i in range(self.slots):
-            if i == slot or not _SLOT.unpack_from(self._mm, i * _SLOT.size)[0]:
+        # One pass over the whole table (read on every request: keep it cheap).
+        for i, (pid, n, when) in enumerate(_SLOT.iter_unpack(self._mm)):
+            if i == slot or not pid:
                 continue
-            n = self.clients(i, now)
-            if least is None or n < least:
-                least = n
+            count = int(n) if now - when < WINDOW_S else 0  # no request since: it has none
+            if least is None or count < least:
+                least = count
         return least
 
 

@@ -68,19 +68,27 @@ MIN_RETURN_RATE = 0.5
 MAX_WAIT_FACTOR = 4
 
 
-def _hand_over(job: _Job, result: Any, error: bool) -> None:
-    # RuntimeError: the event loop is gone (worker shutting down), nobody is waiting.
-    with contextlib.suppress(RuntimeError):
-        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+def _hand_over(done: list[tuple[_Job, Any, bool]]) -> None:
+    """Resolve the futures of (job, result or exception, is_error): one wake-up per event loop
+    (a worker has one), not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, bool]]] = {}
+    for item in done:
+        by_loop.setdefault(item[0].loop, []).append(item)
+    for loop, items in by_loop.items():
+        # RuntimeError: the event loop is gone (worker shutting down), nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, items)
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any, error: bool) -> None:
-    if fut.done():  # the request was cancelled (client went away)
-        return
-    if error:
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+def _resolve(items: list[tuple[_Job, Any, bool]]) -> None:
+    for job, result, error in items:
+        fut = job.future
+        if fut.done():  # the request was cancelled (client went away)
+            continue
+        if error:
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _no_prepare(payload: Any) -> tuple[list[Any], Any]:
@@ -249,14 +257,18 @@ class DynamicBatcher:
     def _process(self, jobs: list[_Job]) -> None:
         started = time.monotonic()
         waits = [started - j.enqueued for j in jobs]
+        done: list[tuple[_Job, Any, bool]] = []
         prepared: list[tuple[_Job, list[Any], Any]] = []
         for job in jobs:
             try:
                 tensors, extra = self._prepare(job.payload)
             except Exception as exc:  # this request's own problem (bad image, ...)
-                _hand_over(job, exc, True)
+                done.append((job, exc, True))
                 continue
             prepared.append((job, tensors, extra))
+        if done:  # bad uploads get their answer now, not after the model call
+            _hand_over(done)
+            done = []
         flat = [t for _, tensors, _ in prepared for t in tensors]
         # Lines of similar width share a model call: less padding to compute.
         order = sorted(range(len(flat)), key=lambda i: _width(flat[i]))
@@ -274,14 +286,15 @@ class DynamicBatcher:
                 waits = []  # each job's wait is counted once
         except Exception as exc:  # hand the failure to every request of the batch
             log.exception("inference failed for a batch of %d lines", len(flat))
-            for job, _, _ in prepared:
-                _hand_over(job, exc, True)
+            done += [(job, exc, True) for job, _, _ in prepared]
+            _hand_over(done)
             return
         pos = 0
         for job, tensors, extra in prepared:
             mine = results[pos : pos + len(tensors)]
             pos += len(tensors)
-            _hand_over(job, ([r for r in mine if r is not None], extra), False)
+            done.append((job, ([r for r in mine if r is not None], extra), False))
+        _hand_over(done)
         if not flat and waits:
             self._observe(0, waits, 0.0)
 

@@ -130,5 +130,10 @@ class MetricsMiddleware:
             # The router records the matched route in the scope; unknown paths are "other" so
             # that scanners cannot blow up the label set.
             route = str(getattr(scope.get("route"), "path", "other"))
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            observe_request(scope["method"], route, status, time.perf_counter() - started)
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one response and its latency (``route``: a route template, never a raw path)."""
+    REQUESTS.labels(method, route, str(status)).inc()
+    REQUEST_SECONDS.labels(route).observe(seconds)

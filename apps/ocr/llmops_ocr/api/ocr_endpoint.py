@@ -11,7 +11,9 @@ and answers every status code of that description the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,9 @@ from llmops_ocr.api.batching import BatcherStoppedError, QueueFullError
 
 if TYPE_CHECKING:
     from llmops_ocr.api.app import ApiState
+    from llmops_ocr.api.balance import Balancer
+
+log = logging.getLogger(__name__)
 
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 _VERSION_RE = re.compile(VERSION_PATTERN)
@@ -192,16 +197,50 @@ def _query(scope: Scope, default_version: str) -> tuple[str, str]:
 
 
 class OcrEndpoint:
-    """The ASGI app serving ``POST /v1/ocr`` (see the module docstring)."""
+    """The ASGI app serving ``POST /v1/ocr`` (see the module docstring).
+
+    ``direct`` is what the server calls for every ``POST /v1/ocr`` (ApiApp dispatches to it
+    before FastAPI's middleware stack: a dozen layers, each wrapping ``send``, cost as much CPU
+    per request as the rest of this handler). It therefore does itself what the middleware does
+    for the other routes: count and time the response (MetricsMiddleware), ask for a new
+    connection when this worker has too many clients (BalanceMiddleware), answer 500 to an
+    unexpected error (ServerErrorMiddleware). Called as a plain route (``__call__``), the
+    middleware around it does those.
+    """
 
     path = "/v1/ocr"  # the route template MetricsMiddleware labels requests with
 
-    def __init__(self, state: ApiState) -> None:
+    def __init__(self, state: ApiState, balancer: Balancer | None = None) -> None:
         self.state = state
+        self.balancer = balancer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         scope["route"] = self  # FastAPI's router names only its own routes in the scope
+        await self._handle(scope, receive, send, False)
+
+    async def direct(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        peer = scope.get("client")
+        close = (
+            self.balancer is not None
+            and peer is not None
+            and self.balancer.should_close(tuple(peer))
+        )
+        status = 500
+        try:
+            status = await self._handle(scope, receive, send, close)
+        except Exception:
+            log.exception("POST %s failed", self.path)
+            # Sending is each answer's last step, so nothing was sent yet -- unless sending
+            # itself failed, and then the connection is beyond help.
+            with contextlib.suppress(Exception):
+                await self._send(send, 500, "Internal Server Error", {}, False)
+        finally:
+            metrics.observe_request("POST", self.path, status, time.perf_counter() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, close: bool) -> int:
+        """Serve one request; returns the status code sent."""
+        started = time.perf_counter()
         state = self.state
         settings = state.settings
         headers: dict[bytes, bytes] = dict(scope["headers"])
@@ -209,27 +248,28 @@ class OcrEndpoint:
             auth = headers.get(b"authorization")
             who = await state.authenticator.authenticate(auth.decode("latin-1") if auth else None)
         except AuthError as exc:
-            await self._send(send, 401, str(exc), {"WWW-Authenticate": "Bearer"})
-            return
+            await self._send(send, 401, str(exc), {"WWW-Authenticate": "Bearer"}, close)
+            return 401
         except AuthUnavailableError as exc:
-            await self._send(send, 503, str(exc), {"Retry-After": "5"})
-            return
+            await self._send(send, 503, str(exc), {"Retry-After": "5"}, close)
+            return 503
         version, mode = settings.default_version, "page"
         status, n_lines, error = 500, 0, None
         try:
             version, mode = _query(scope, settings.default_version)
             body = await self._ocr(scope, receive, headers, version, mode, started)
             status, n_lines = 200, len(body["lines"])
-            await self._send_json(send, 200, body, {})
+            await self._send_json(send, 200, body, {}, close)
         except BadRequestError as exc:
             status, error = exc.status, str(exc.detail)[:500]
-            await self._send(send, exc.status, exc.detail, exc.headers, **exc.extra)
+            await self._send(send, exc.status, exc.detail, exc.headers, close, **exc.extra)
         except HTTPException as exc:  # from decoding the image: 415, 422
             status, error = exc.status_code, str(exc.detail)[:500]
-            await self._send(send, exc.status_code, exc.detail, dict(exc.headers or {}))
+            await self._send(send, exc.status_code, exc.detail, dict(exc.headers or {}), close)
         finally:
             if state.history is not None:
                 self._record(who, version, mode, status, n_lines, error, started)
+        return status
 
     async def _ocr(
         self,
@@ -331,17 +371,27 @@ class OcrEndpoint:
         )
 
     async def _send(
-        self, send: Send, status: int, detail: Any, headers: dict[str, str], **extra: Any
+        self,
+        send: Send,
+        status: int,
+        detail: Any,
+        headers: dict[str, str],
+        close: bool,
+        **extra: Any,
     ) -> None:
-        await self._send_json(send, status, {"detail": detail, **extra}, headers)
+        await self._send_json(send, status, {"detail": detail, **extra}, headers, close)
 
     @staticmethod
-    async def _send_json(send: Send, status: int, content: Any, headers: dict[str, str]) -> None:
+    async def _send_json(
+        send: Send, status: int, content: Any, headers: dict[str, str], close: bool
+    ) -> None:
         body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         raw = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if close and "Connection" not in headers:  # hand this client to another worker
+            raw.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
