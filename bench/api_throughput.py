@@ -8,9 +8,9 @@ For each concurrency level N, in alternating slices (so both see the same backgr
   preprocessing and calling Recognizer.predict in batches of up to max_batch_size (N / workers
   lines per call); a line's latency is the time of its whole group;
 - API: N keep-alive HTTP/1.1 connections to gunicorn (2 uvicorn workers, 1 torch thread each,
-  SQLite request history, access log to /dev/null) on 127.0.0.1, POST /v1/ocr?mode=line with
-  the same PNGs, same model directory; the first --api-warmup seconds of each slice (new
-  connections, the workers evening them out) are not counted.
+  SQLite request history, no access log: the production default) on 127.0.0.1,
+  POST /v1/ocr?mode=line with the same PNGs, same model directory; the first --api-warmup
+  seconds of each slice (new connections, the workers evening them out) are not counted.
 The load generator runs on the same 2 CPUs as the API, so its CPU counts against the API; it is a
 minimal asyncio raw-socket client in one thread, and its CPU per line is reported. Prints a table
 (lines/s, p50, p99, lines per model call, CPU per line) and the API / in-process ratio, and the
@@ -314,7 +314,7 @@ def start_api(tmp: Path, models: Path, workers: int, threads: int, batching: dic
     }
     log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmops_ocr.api.serve", "--access-logfile", "/dev/null"],
+        [sys.executable, "-m", "llmops_ocr.api.serve"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
