@@ -132,7 +132,6 @@ class ApiApp(FastAPI):
             and scope["type"] == "http"
             and scope["path"] == ocr.path
             and scope["method"] == "POST"
-            and not self.root_path
         ):
             await ocr.direct(scope, receive, send)
             return
@@ -204,7 +203,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.api = state
     app.add_middleware(metrics.MetricsMiddleware)
     balancer = balance.this_worker()
-    app.ocr = OcrEndpoint(state, balancer)
+    app.ocr = ocr_endpoint = OcrEndpoint(state, balancer)
     if balancer is not None:  # under gunicorn: even out keep-alive connections across workers
         app.add_middleware(balance.BalanceMiddleware, balancer=balancer)
 
@@ -302,13 +301,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def http_error(_: HttpRequest, exc: HTTPException) -> JSONResponse:
         return _json_error(exc.status_code, exc.detail, headers=exc.headers)
 
-    # Generate (and cache) the OpenAPI schema from the declared routes, then let the lean
-    # handler serve POST /v1/ocr in the declared route's place: directly (ApiApp) and, for a
-    # request the router sees anyway (under a root_path), as a route behind the middleware.
+    # Generate (and cache) the OpenAPI schema from the declared routes. ApiApp hands every
+    # POST /v1/ocr to the lean handler; in the router the same handler replaces the declaration,
+    # which then only answers other methods (405) and /v1/ocr/ (redirect) like any route.
     app.openapi()
     for i, route in enumerate(app.router.routes):
-        if isinstance(route, APIRoute) and route.path == "/v1/ocr":
-            app.router.routes[i] = Route(OcrEndpoint.path, OcrEndpoint(state), methods=["POST"])
+        if isinstance(route, APIRoute) and route.path == OcrEndpoint.path:
+            app.router.routes[i] = Route(OcrEndpoint.path, ocr_endpoint, methods=["POST"])
     return app
 
 

@@ -59,7 +59,7 @@ class WorkerTable:
     def clients(self, slot: int, now: float) -> int:
         """The clients a worker served within WINDOW_S before ``now``."""
         _, n, when = _SLOT.unpack_from(self._mm, slot * _SLOT.size)
-        return int(n) if now - when < WINDOW_S else 0  # no request since: it has none
+        return _recent(n, when, now)
 
     def least_other(self, slot: int, now: float) -> int | None:
         """The fewest clients of any other live worker, None if this is the only one."""
@@ -68,10 +68,15 @@ class WorkerTable:
         for i, (pid, n, when) in enumerate(_SLOT.iter_unpack(self._mm)):
             if i == slot or not pid:
                 continue
-            count = int(n) if now - when < WINDOW_S else 0  # no request since: it has none
+            count = _recent(n, when, now)
             if least is None or count < least:
                 least = count
         return least
+
+
+def _recent(clients: int, when: float, now: float) -> int:
+    """A published client count, or 0 if it is older than WINDOW_S (no request since)."""
+    return int(clients) if now - when < WINDOW_S else 0
 
 
 # Set by gunicorn_conf: the table in the master (before forking), the slot in each worker.
@@ -88,7 +93,6 @@ class Balancer:
         self._clients: dict[Hashable, float] = {}
         self._pruned = 0.0
         self._shed = 0.0
-        self.closed = 0  # connections closed to even out the workers (for tests and logs)
 
     def should_close(self, client: Hashable, now: float | None = None) -> bool:
         """Note a request of ``client``; True if its connection should close after it."""
@@ -110,7 +114,6 @@ class Balancer:
         self._shed = now
         del self._clients[client]
         self.table.publish(self.slot, len(self._clients), now)
-        self.closed += 1
         return True
 
 

@@ -216,7 +216,7 @@ class OcrEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self  # FastAPI's router names only its own routes in the scope
-        await self._handle(scope, receive, send, False)
+        await self._handle(scope, receive, send, False, time.perf_counter())
 
     async def direct(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -228,7 +228,7 @@ class OcrEndpoint:
         )
         status = 500
         try:
-            status = await self._handle(scope, receive, send, close)
+            status = await self._handle(scope, receive, send, close, started)
         except Exception:
             log.exception("POST %s failed", self.path)
             # Sending is each answer's last step, so nothing was sent yet -- unless sending
@@ -238,9 +238,10 @@ class OcrEndpoint:
         finally:
             metrics.observe_request("POST", self.path, status, time.perf_counter() - started)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, close: bool) -> int:
-        """Serve one request; returns the status code sent."""
-        started = time.perf_counter()
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, close: bool, started: float
+    ) -> int:
+        """Serve one request (``started``: its perf_counter() at arrival); returns the status."""
         state = self.state
         settings = state.settings
         headers: dict[bytes, bytes] = dict(scope["headers"])
