@@ -343,11 +343,12 @@ def batch_stats(url: str) -> tuple[float, float]:
     import httpx
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    vals = {}
-    for ln in text.splitlines():
+    vals: dict[str, float] = {}
+    for ln in text.splitlines():  # summed over the model versions (only the default gets work)
         if ln.startswith(("llmops_api_batch_size_count", "llmops_api_batch_size_sum")):
             name, value = ln.split()
-            vals[name.split("{")[0]] = float(value)
+            key = name.split("{")[0]
+            vals[key] = vals.get(key, 0.0) + float(value)
     return vals.get("llmops_api_batch_size_count", 0), vals.get("llmops_api_batch_size_sum", 0)
 
 
