@@ -260,10 +260,13 @@ def preprocess_line(img: Image.Image, rows: tuple[float, float] | None = None) -
     return trim_and_scale(a8, mask, span)
 
 
-def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (32, W_i) arrays into (N, 1, 32, W_max) zero-padded, plus output lengths."""
+def pad_batch(
+    arrays: list[np.ndarray], multiple: int = WIDTH_STRIDE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (32, W_i) arrays into (N, 1, 32, W) zero-padded, W = W_max rounded up to
+    ``multiple`` (a multiple of WIDTH_STRIDE), plus output lengths."""
     w = max(a.shape[-1] for a in arrays)
-    w = ((w + WIDTH_STRIDE - 1) // WIDTH_STRIDE) * WIDTH_STRIDE
+    w = ((w + multiple - 1) // multiple) * multiple
     batch = np.zeros((len(arrays), 1, INPUT_HEIGHT, w), np.float32)
     for i, a in enumerate(arrays):
         batch[i, 0, :, : a.shape[-1]] = a

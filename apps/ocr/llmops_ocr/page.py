@@ -180,12 +180,7 @@ def _deskewed(img: Image.Image) -> tuple[Image.Image, np.ndarray, float]:
 
 def segment_lines(img: Image.Image) -> list[Box]:
     """Boxes (x0, y0, x1, y1) of the text lines of a page, top to bottom, in page coordinates."""
-    grey, ink, angle = _deskewed(img)
-    boxes = _segment(ink)
-    if angle:
-        w, h = grey.size
-        boxes = [rotate_box(b, -angle, w, h) for b in boxes]
-    return boxes
+    return [box for box, _ in line_images(img)]
 
 
 def line_images(img: Image.Image) -> list[tuple[Box, Image.Image]]:

@@ -146,13 +146,10 @@ class Recognizer:
         """Recognise preprocessed lines as one padded batch: (text, confidence) per line."""
         if not tensors:
             return []
-        batch, lengths = pad_batch([t.squeeze(0).numpy() for t in tensors])
         # Widths rounded up to a multiple of WIDTH_BUCKET: oneDNN prepares its kernels per input
         # shape, and a few shapes seen again and again beat a new one for every request (lines
         # one at a time: ~1.4x more lines per CPU second). Padding is never decoded.
-        extra = -batch.shape[-1] % WIDTH_BUCKET
-        if extra:
-            batch = torch.nn.functional.pad(batch, (0, extra))
+        batch, lengths = pad_batch([t.squeeze(0).numpy() for t in tensors], WIDTH_BUCKET)
         features = self._conv(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logp = self._sequence(features, lengths).float()  # N, T, C

@@ -44,7 +44,7 @@ def test_line_images_give_page_boxes_and_level_crops():
     lines = ["first line of the page", "and a second one", "3rd"]
     img, truth = synth.render_page(lines, seed=11, skew_deg=0.7)
     got = page.line_images(img)
-    assert [box for box, _ in got] == page.segment_lines(img)
+    assert len(got) == len(truth)
     for (box, crop), want in zip(got, truth, strict=True):
         cx, cy = (want[0] + want[2]) / 2, (want[1] + want[3]) / 2
         assert box[0] <= cx <= box[2] and box[1] <= cy <= box[3], (box, want)

@@ -67,13 +67,9 @@ def line_tensors(
         return [tensor], [[0, 0, img.width, img.height]]
     # The steps of page.ocr_page up to recognition, which goes through the batcher instead so
     # that lines of concurrent requests share model calls.
-    grey, ink, angle = page._deskewed(img)
-    w, h = grey.size
-    tensors, boxes = [], []
-    for box in page._segment(ink):
-        tensors.append(recognizer.preprocess(grey.crop(box))[..., :MAX_LINE_WIDTH])
-        boxes.append([int(v) for v in (page.rotate_box(box, -angle, w, h) if angle else box)])
-    return tensors, boxes
+    lines = page.line_images(img)
+    tensors = [recognizer.preprocess(crop)[..., :MAX_LINE_WIDTH] for _, crop in lines]
+    return tensors, [[int(v) for v in box] for box, _ in lines]
 
 
 def make_prepare(
