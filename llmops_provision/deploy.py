@@ -280,12 +280,11 @@ def db_hosts(target: Target, prefer: Sequence[str] = ()) -> list[tuple[str, str]
     """(host, server type) pairs that can reach the database: ``prefer`` first, then api, web."""
     out: list[tuple[str, str]] = []
     order = [*prefer, *target.inventory.hosts_of("api"), *target.inventory.hosts_of("web")]
-    for host in order:
+    for host in dict.fromkeys(order):  # each host once, in that order
         types = target.configs.get(host, {})
-        for server_type in ("api", "web"):
-            if server_type in types and (host, server_type) not in out:
-                out.append((host, server_type))
-                break
+        server_type = next((t for t in ("api", "web") if t in types), None)
+        if server_type is not None:
+            out.append((host, server_type))
     return out
 
 

@@ -234,7 +234,7 @@ def rollout_record(
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "user": getpass.getuser(),
         "inventory": target.name,
-        "limit": ",".join(x for x in (args.server_type, args.limit) if x),
+        "limit": deploy._limit(args.server_type, args.limit),
         "bundle": bundle_vars.get("llmops_bundle", ""),
         "version": version,
         "sha256": sha,

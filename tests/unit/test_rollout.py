@@ -99,7 +99,9 @@ def test_table_names_every_host_and_what_it_runs_now() -> None:
     assert "not touched" in row2
 
 
-def test_apply_checks_a_local_bundle_before_touching_anything(
+@pytest.mark.parametrize("command", ["apply", "rollout"])
+def test_a_missing_local_bundle_is_refused_before_touching_anything(
+    command: str,
     project: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -108,27 +110,15 @@ def test_apply_checks_a_local_bundle_before_touching_anything(
     monkeypatch.setenv("COLUMNS", "300")
     inv = local_inventory(tmp_path)
     missing = tmp_path / "ocr-9.9.9.tar.gz"
-    rc = cli.main(["apply", str(inv), "--server-type", "api", "--bundle", str(missing)])
+    rc = cli.main([command, str(inv), "--server-type", "api", "--bundle", str(missing)])
     err = capsys.readouterr().err
     assert rc == 2
     assert f"{missing}: no such bundle file" in err and "nothing was changed" in err
     assert not (project / ".llmops").exists()  # no credentials made, no record written
 
 
-def test_rollout_validates_before_touching_anything(
-    project: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("COLUMNS", "300")
+def test_rollout_takes_only_api_or_web(project: Path, tmp_path: Path) -> None:
     inv = local_inventory(tmp_path)
-    missing = tmp_path / "ocr-9.9.9.tar.gz"
-    rc = cli.main(["rollout", str(inv), "--server-type", "api", "--bundle", str(missing)])
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert f"{missing}: no such bundle file" in err and "nothing was changed" in err
-    assert not (project / ".llmops").exists()  # no credentials made, no record written
     with pytest.raises(SystemExit) as exc:
         cli.main(["rollout", str(inv), "--server-type", "db"])
     assert exc.value.code == 2
@@ -150,6 +140,19 @@ def test_db_command_runs_as_the_service_with_its_credential_only_by_reference(
         assert (secrets / name).read_text().strip() not in command
     assert deploy.db_hosts(target) == [("api1", "api"), ("web1", "web")]
     assert deploy.db_hosts(target, prefer=["web1"])[0] == ("web1", "web")
+
+
+def test_a_host_serving_api_and_web_is_asked_for_records_once(
+    project: Path, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(local_inventory(tmp_path).read_text())
+    data["all"]["children"]["web"]["hosts"]["api1"] = {"ansible_host": "192.0.2.21"}
+    inv = tmp_path / "both.yml"
+    inv.write_text(yaml.safe_dump(data))
+    target = deploy.load_target(inv)
+    assert set(target.configs["api1"]) >= {"api", "web"}
+    assert deploy.db_hosts(target) == [("api1", "api"), ("web1", "web")]
+    assert deploy.db_hosts(target, prefer=["web1"]) == [("web1", "web"), ("api1", "api")]
 
 
 def test_record_kept_locally_with_a_warning_when_the_database_cannot_be_written(
