@@ -158,6 +158,8 @@ def test_a_host_serving_api_and_web_is_asked_for_records_once(
 def test_record_kept_locally_with_a_warning_when_the_database_cannot_be_written(
     project: Path, tmp_path: Path
 ) -> None:
+    if Path(deploy._RELEASE_PYTHON).exists():  # the host-side command would really run here
+        pytest.skip("this machine has an llmops release installed")
     target = deploy.load_target(local_inventory(tmp_path))
     record = {
         "kind": "rollout",
