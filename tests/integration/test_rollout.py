@@ -169,6 +169,15 @@ def current_release(lab: labmod.Lab, host: str) -> str:
     return Path(host_sh(lab, host, "readlink /opt/llmops/current")).name
 
 
+def rollout_api(
+    env: dict[str, str], inventory: Path, bundle: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``llmops-provision rollout INVENTORY --server-type api --bundle BUNDLE [extra]``."""
+    return cli(
+        env, "rollout", str(inventory), "--server-type", "api", "--bundle", str(bundle), *extra
+    )
+
+
 def row(text: str, host: str) -> str:
     return next(line for line in text.splitlines() if f" {host} " in line and "│" in line)
 
@@ -212,10 +221,7 @@ def rolled(
             image=image,
         )
         client.start()
-        bundle_b = str(bundles["B"])
-        rollout_b = cli(
-            env, "rollout", str(inventory), "--server-type", "api", "--bundle", bundle_b
-        )
+        rollout_b = rollout_api(env, inventory, bundles["B"])
         yield Rolled(lab, inventory, env, bundles, client, rollout_b)
     finally:
         if client is not None:
@@ -246,15 +252,7 @@ def test_rollout_updates_every_host_one_at_a_time_without_failed_requests(rolled
 
 def test_rolling_out_the_current_release_changes_nothing(rolled: Rolled) -> None:
     assert rolled.rollout_b.returncode == 0
-    again = cli(
-        rolled.env,
-        "rollout",
-        str(rolled.inventory),
-        "--server-type",
-        "api",
-        "--bundle",
-        str(rolled.bundles["B"]),
-    )
+    again = rollout_api(rolled.env, rolled.inventory, rolled.bundles["B"])
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     for host in (API1, API2, LB):
         cells = [c.strip() for c in row(again.stderr, host).split("│")[1:-1]]
@@ -267,17 +265,7 @@ def test_a_release_that_fails_its_checks_is_rolled_back_and_stops_the_rollout(
 ) -> None:
     assert rolled.rollout_b.returncode == 0
     lab = rolled.lab
-    failed = cli(
-        rolled.env,
-        "rollout",
-        str(rolled.inventory),
-        "--server-type",
-        "api",
-        "--bundle",
-        str(rolled.bundles["C"]),
-        "--ready-timeout",
-        "20",
-    )
+    failed = rollout_api(rolled.env, rolled.inventory, rolled.bundles["C"], "--ready-timeout", "20")
     out = failed.stdout + failed.stderr
     assert failed.returncode == 1, out[-6000:]
     assert "rolled back" in row(failed.stdout, API1)
