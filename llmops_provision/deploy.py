@@ -17,7 +17,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,6 @@ def last_deployment(inventory_name: str) -> dict[str, Any] | None:
 # roles' migrations do), with the record as JSON on stdin.
 _RELEASE_PYTHON = "/opt/llmops/current/venv/bin/python"
 _SERVICE_USERS = {"api": "llmops-api", "web": "llmops-web"}
-_DEFAULT_SQLITE = "/var/lib/llmops/db/llmops.sqlite3"
 _DB_TIMEOUT_S = 60.0
 _DB_ATTEMPTS = 2
 
@@ -250,7 +249,7 @@ class Recorded:
 def db_command(target: Target, host: str, server_type: str, *args: str) -> str:
     """Shell command that runs ``llmops_ocr.db.deployments ARGS`` on ``host`` as its service."""
     cfg = target.configs[host][server_type]
-    db = cfg.get("database") or {}
+    db = cfg["database"]  # effective config: engine and (sqlite) path are always there
     user = _SERVICE_USERS[server_type]
     props = [
         f"User={user}",
@@ -262,8 +261,8 @@ def db_command(target: Target, host: str, server_type: str, *args: str) -> str:
         "UMask=0007",
         f"Environment=LLMOPS_CONFIG=/etc/llmops/{server_type}.json",
     ]
-    if db.get("engine", "sqlite") == "sqlite":
-        props.append(f"ReadWritePaths={Path(str(db.get('path', _DEFAULT_SQLITE))).parent}")
+    if db["engine"] == "sqlite":
+        props.append(f"ReadWritePaths={Path(db['path']).parent}")
     else:
         props.append("LoadCredential=db-password:/etc/credstore/llmops-db-password")
     argv = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", "--service-type=exec"]
@@ -316,41 +315,46 @@ def _why(host: str, rc: int, err: str) -> str:
     return f"{host}: {lines[-1] if lines else f'exit {rc}'}"
 
 
+def _db_run(
+    target: Target,
+    db_args: Sequence[str],
+    stdin: str,
+    purpose: str,
+    prefer: Sequence[str] = (),
+    parse: Callable[[str], Any] = str,
+) -> tuple[str, Any, str]:
+    """Run ``llmops_ocr.db.deployments DB_ARGS`` on the api/web hosts in turn (at most
+    _DB_ATTEMPTS) until one answers: (host, parse(its output), "") or ("", None, why not)."""
+    hosts = db_hosts(target, prefer)
+    if not hosts:
+        return "", None, f"the inventory has no api or web host to {purpose} it from"
+    errors: list[str] = []
+    for host, server_type in hosts[:_DB_ATTEMPTS]:
+        command = db_command(target, host, server_type, *db_args)
+        rc, out, err = _run_on_host(target, host, command, stdin)
+        if rc != 0:
+            errors.append(_why(host, rc, err))
+            continue
+        try:
+            return host, parse(out), ""
+        except ValueError:
+            errors.append(f"{host}: unreadable answer {out[:80]!r}")
+    return "", None, "; ".join(errors)
+
+
 def db_record(
     target: Target, record: Mapping[str, Any], prefer: Sequence[str] = ()
 ) -> tuple[str, str]:
     """Write ``record`` to the platform database; returns (host that wrote it, "") or ("", why)."""
-    errors: list[str] = []
-    hosts = db_hosts(target, prefer)
-    if not hosts:
-        return "", "the inventory has no api or web host to write it from"
-    for host, server_type in hosts[:_DB_ATTEMPTS]:
-        command = db_command(target, host, server_type, "record")
-        rc, _out, err = _run_on_host(target, host, command, json.dumps(record))
-        if rc == 0:
-            return host, ""
-        errors.append(_why(host, rc, err))
-    return "", "; ".join(errors)
+    host, _, error = _db_run(target, ["record"], json.dumps(record), "write", prefer)
+    return host, error
 
 
 def db_last_deployment(target: Target) -> tuple[dict[str, Any] | None, str, str]:
     """The newest database record of this inventory: (record or None, host read on, error)."""
-    errors: list[str] = []
-    hosts = db_hosts(target)
-    if not hosts:
-        return None, "", "the inventory has no api or web host to read it from"
-    for host, server_type in hosts[:_DB_ATTEMPTS]:
-        command = db_command(target, host, server_type, "last", "--inventory", target.name)
-        rc, out, err = _run_on_host(target, host, command, "")
-        if rc == 0:
-            try:
-                rows = json.loads(out)
-            except json.JSONDecodeError:
-                errors.append(f"{host}: unreadable answer {out[:80]!r}")
-                continue
-            return (rows[0] if rows else None), host, ""
-        errors.append(_why(host, rc, err))
-    return None, "", "; ".join(errors)
+    args = ["last", "--inventory", target.name]
+    host, rows, error = _db_run(target, args, "", "read", parse=json.loads)
+    return (rows[0] if rows else None), host, error
 
 
 def db_record_of(record: Mapping[str, Any], finished: float) -> dict[str, Any]:
