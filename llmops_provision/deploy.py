@@ -122,14 +122,45 @@ def _limit(server_type: str | None, limit: str | None) -> str | None:
     return parts[0] if parts else None
 
 
+def _refuse(console: Console, errors: Sequence[object]) -> None:
+    for error in errors:
+        _err(console, f"error: {error}")
+    _err(console, f"{len(errors)} error(s); nothing was changed on any host.")
+
+
 def _validated(args: argparse.Namespace, console: Console) -> Target | None:
     try:
         return load_target(args.inventory)
     except InvalidInput as exc:
-        for error in exc.errors:
-            _err(console, f"error: {error}")
-        _err(console, f"{len(exc.errors)} error(s); nothing was changed on any host.")
+        _refuse(console, exc.errors)
         return None
+
+
+def prepare(
+    args: argparse.Namespace,
+    console: Console,
+    check: Callable[[Target], str | None] | None = None,
+) -> tuple[Target, dict[str, Any]] | None:
+    """What a deploying command (apply, rollout) checks before it touches any host: inventory
+    and configs, then ``check`` (an error message, or None), then the bundle; then it makes the
+    credentials still missing. Returns (target, bundle vars), or None after printing the errors
+    (exit 2)."""
+    target = _validated(args, console)
+    if target is None:
+        return None
+    problem = check(target) if check is not None else None
+    if problem:
+        _refuse(console, [problem])
+        return None
+    try:
+        bundle_vars = _bundle_vars(args, target, console)
+    except InvalidInput as exc:
+        _refuse(console, exc.errors)
+        return None
+    made = ensure_secrets(target.name)
+    if made:
+        _err(console, f"generated credentials {', '.join(made)} in {secrets_dir(target.name)}")
+    return target, bundle_vars
 
 
 def _bundle_vars(args: argparse.Namespace, target: Target, console: Console) -> dict[str, Any]:
@@ -434,19 +465,10 @@ def describe_deployment(record: Mapping[str, Any] | None, source: str) -> str:
 def cmd_apply(args: argparse.Namespace) -> int:
     """``apply INVENTORY [--limit] [--server-type] [--bundle]``: converge the hosts."""
     console = Console(stderr=True)
-    target = _validated(args, console)
-    if target is None:
+    prepared = prepare(args, console)
+    if prepared is None:
         return 2
-    try:
-        bundle_vars = _bundle_vars(args, target, console)
-    except InvalidInput as exc:
-        for error in exc.errors:
-            _err(console, f"error: {error}")
-        _err(console, f"{len(exc.errors)} error(s); nothing was changed on any host.")
-        return 2
-    made = ensure_secrets(target.name)
-    if made:
-        _err(console, f"generated credentials {', '.join(made)} in {secrets_dir(target.name)}")
+    target, bundle_vars = prepared
     started = time.time()
     result = run_playbook(
         _playbooks(args.server_type),

@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 
 from llmops_provision import deploy
-from llmops_provision.errors import InvalidInput
 from llmops_provision.runner import RunResult, print_result, run_playbook
 
 PLAYBOOK = "playbooks/rolling_update.yml"
@@ -159,29 +158,20 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     """``rollout INVENTORY --server-type api|web [--bundle] [--limit]``."""
     console = Console(stderr=True)
     out = Console()
-    target = deploy._validated(args, console)
-    if target is None:
-        return 2
     server_type = str(args.server_type)
-    if not target.inventory.hosts_of(server_type):
-        deploy._err(
-            console,
-            f"error: {target.path}: groups.{server_type}: no hosts to roll out to (allowed: an "
-            f"inventory with {server_type} hosts); nothing was changed on any host.",
+
+    def has_hosts(target: deploy.Target) -> str | None:
+        if target.inventory.hosts_of(server_type):
+            return None
+        return (
+            f"{target.path}: groups.{server_type}: no hosts to roll out to (allowed: an "
+            f"inventory with {server_type} hosts)"
         )
+
+    prepared = deploy.prepare(args, console, has_hosts)
+    if prepared is None:
         return 2
-    try:
-        bundle_vars = deploy._bundle_vars(args, target, console)
-    except InvalidInput as exc:
-        for error in exc.errors:
-            deploy._err(console, f"error: {error}")
-        deploy._err(console, f"{len(exc.errors)} error(s); nothing was changed on any host.")
-        return 2
-    made = deploy.ensure_secrets(target.name)
-    if made:
-        deploy._err(
-            console, f"generated credentials {', '.join(made)} in {deploy.secrets_dir(target.name)}"
-        )
+    target, bundle_vars = prepared
     extra: dict[str, Any] = {
         **deploy._base_vars(target),
         **bundle_vars,
