@@ -44,7 +44,7 @@ OCR_TEXT = "Provisioned on Debian twelve"
 OCR_IMAGE_FALLBACK = Path("tests") / "data" / "ocr-check.png"
 ADMIN_USER = "admin"
 VIA_MODES = ("auto", "direct", "ssh")
-_CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -547,7 +547,7 @@ def probe_web_login(service: Service, net: Network) -> tuple[bool, str]:
     page, note = client.request("GET", "/login", headers=fwd)
     if page.status != 200:
         return False, f"GET /login: HTTP {page.status}: {_snippet(page)}{note}"
-    match = _CSRF_RE.search(page.text())
+    match = CSRF_RE.search(page.text())
     if not match:
         return False, f"GET /login: the page has no csrf_token field{note}"
     form = urllib.parse.urlencode(
@@ -576,7 +576,7 @@ def _logout(client: Http, fwd: Mapping[str, str]) -> None:
     """End the probe's session so probes do not pile up sessions (best effort)."""
     with contextlib.suppress(OSError, http.client.HTTPException):
         page, _ = client.request("GET", "/upload", headers=fwd)
-        match = _CSRF_RE.search(page.text())
+        match = CSRF_RE.search(page.text())
         if match:
             form = urllib.parse.urlencode({"csrf_token": match.group(1)}).encode()
             client.request(

@@ -22,7 +22,6 @@ import httpx
 
 from llmops_provision import checks, deploy
 
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 TEXT = re.compile(r'<pre id="ocr-text">(.*?)</pre>', re.S)
 
 
@@ -31,7 +30,7 @@ def secret(target: deploy.Target, name: str) -> str:
 
 
 def csrf_of(page: httpx.Response) -> str:
-    match = CSRF.search(page.text)
+    match = checks.CSRF_RE.search(page.text)
     if not match:
         raise AssertionError(f"GET {page.url}: HTTP {page.status_code}, no csrf_token field")
     return match.group(1)
