@@ -144,14 +144,14 @@ def _span(r: HostRollout) -> str:
 
 
 def _hosts_in_scope(target: deploy.Target, server_type: str, limit: str | None) -> list[str]:
-    hosts = target.inventory.hosts_of(server_type)
-    if not limit:
-        return list(hosts)
-    wanted = {p.strip() for p in limit.replace(";", ",").replace(":", ",").split(",") if p.strip()}
-    groups = {
-        h for g in wanted if g in target.inventory.groups for h in target.inventory.hosts_of(g)
-    }
-    return [h for h in hosts if h in wanted or h in groups]
+    """The hosts the rollout play targets, matched by Ansible itself: the play's pattern is
+    ``server_type:&limit`` (rolling_update.yml), the same as apply's ``--limit``."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    pattern = deploy._limit(server_type, limit) or server_type
+    inventory = InventoryManager(loader=DataLoader(), sources=[str(target.path)])
+    return [h.name for h in inventory.get_hosts(pattern)]
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

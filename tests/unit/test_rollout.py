@@ -221,3 +221,6 @@ def test_limit_narrows_the_hosts_shown_in_the_table(project: Path, tmp_path: Pat
     assert rollout._hosts_in_scope(target, "api", "api2") == ["api2"]
     assert rollout._hosts_in_scope(target, "api", "api") == ["api1", "api2"]
     assert rollout._hosts_in_scope(target, "api", "web1") == []
+    # Ansible's own patterns, as the play matches them
+    assert rollout._hosts_in_scope(target, "api", "api*2") == ["api2"]
+    assert rollout._hosts_in_scope(target, "api", "all:!api1") == ["api2"]
