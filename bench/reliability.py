@@ -80,10 +80,7 @@ class Platform:
     def __init__(self, inventory: str) -> None:
         self.inventory = inventory
         self.target = deploy.load_target(inventory)
-        inv = self.target.inventory
-        lb = sorted(inv.hosts_of("lb"))[0]
-        port = int(self.target.configs[lb]["lb"]["tls"]["port"])
-        self.url = f"https://{checks.host_access(inv, lb).address}:{port}/v1/ocr?mode=line"
+        self.url = f"{deploy.platform_url(self.target)}/v1/ocr?mode=line"
         secrets = deploy.secrets_dir(self.target.name)
         self.ca = str(secrets / "tls-ca.crt")
         self.token = (secrets / "api-token").read_text(encoding="utf-8").strip()

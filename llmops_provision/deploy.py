@@ -77,6 +77,17 @@ def secrets_dir(inventory_name: str) -> Path:
     return state_dir() / "secrets" / inventory_name
 
 
+def platform_url(target: Target) -> str:
+    """``https://<first lb host>[:port]``, where users reach the platform; the CA that signs
+    it is ``secrets_dir(target.name) / "tls-ca.crt"``."""
+    from llmops_provision.checks import host_access
+
+    lb = sorted(target.inventory.hosts_of("lb"))[0]
+    port = int(target.configs[lb]["lb"]["tls"]["port"])
+    address = host_access(target.inventory, lb).address
+    return f"https://{address}" + ("" if port == 443 else f":{port}")
+
+
 def ensure_secrets(inventory_name: str, names: Sequence[str] = CREDENTIALS) -> list[str]:
     """Generate the missing credentials (0600 files, 0700 dir); return the names generated.
 

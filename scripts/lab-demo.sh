@@ -18,9 +18,7 @@ from llmops_provision import checks, deploy
 
 target = deploy.load_target(sys.argv[1])
 inv, secrets = target.inventory, deploy.secrets_dir(target.name)
-lb = sorted(inv.hosts_of("lb"))[0]
-tls_port = int(target.configs[lb]["lb"]["tls"]["port"])
-url = f"https://{checks.host_access(inv, lb).address}" + ("" if tls_port == 443 else f":{tls_port}")
+url = deploy.platform_url(target)
 mon = sorted(inv.hosts_of("monitoring"))[0]
 prom = f"http://{checks.host_access(inv, mon).address}:{target.configs[mon]['monitoring']['port']}"
 print(f"""

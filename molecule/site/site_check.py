@@ -160,9 +160,7 @@ def journals(path: str, target: deploy.Target, deadline_s: float = 60) -> str:
 
 def main(path: str) -> int:
     target = deploy.load_target(path)
-    lb = sorted(target.inventory.hosts_of("lb"))[0]
-    tls_port = int(target.configs[lb]["lb"]["tls"]["port"])
-    base = f"https://{checks.host_access(target.inventory, lb).address}:{tls_port}"
+    base = deploy.platform_url(target)
     ca = str(deploy.secrets_dir(target.name) / "tls-ca.crt")
     runs: list[tuple[str, Callable[[], str]]] = [
         ("web login and OCR through the lb", lambda: web_login_and_ocr(base, ca, target)),

@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmops_provision import cli, deploy
 
@@ -90,3 +91,14 @@ def test_restore_rejects_a_malformed_backup_name_before_any_host(
     assert "is not a backup name" in err and "llmops-YYYYmmddTHHMMSSZ.dump" in err
     assert deploy.BACKUP_NAME.fullmatch("llmops-20261204T193000Z.dump")
     assert deploy.BACKUP_NAME.fullmatch("llmops-20261204T193000Z.sqlite3")
+
+
+def test_platform_url_is_the_first_lb_with_its_tls_port(tmp_path: Path) -> None:
+    base = Path(__file__).resolve().parents[1] / "data" / "valid-base-inventory.yml"
+    data = yaml.safe_load(base.read_text())
+    assert deploy.platform_url(deploy.load_target(base)) == "https://192.0.2.10"
+    lb_vars = data["all"]["children"]["lb"].setdefault("vars", {})
+    lb_vars.setdefault("llmops_config", {})["tls"] = {"port": 8443}
+    moved = tmp_path / "lb8443.yml"
+    moved.write_text(yaml.safe_dump(data))
+    assert deploy.platform_url(deploy.load_target(moved)) == "https://192.0.2.10:8443"
